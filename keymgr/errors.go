@@ -1,0 +1,45 @@
+package keymgr
+
+import "errors"
+
+// Sentinel errors. Providers and stores wrap them with context
+// (fmt.Errorf("decrypt %s: %w", fileID, ErrKeyDisabled)); callers test with
+// errors.Is. The fs package maps them to errno in one place.
+var (
+	// ErrKeyNotFound: the key reference names no key (NotFoundException).
+	ErrKeyNotFound = errors.New("key not found")
+	// ErrKeyDisabled: the key exists but is disabled (DisabledException).
+	ErrKeyDisabled = errors.New("key is disabled")
+	// ErrKeyInvalidState: pending deletion or otherwise unusable (KMSInvalidStateException).
+	ErrKeyInvalidState = errors.New("key is in an invalid state")
+	// ErrAccessDenied: the caller may not use the key (AccessDeniedException).
+	ErrAccessDenied = errors.New("access to the key is denied")
+	// ErrInvalidCiphertext: the EDK does not unwrap under this key and
+	// encryption context: tampering, or a file from another filesystem.
+	ErrInvalidCiphertext = errors.New("wrapped key does not match its key or encryption context")
+	// ErrKMSUnavailable: the KMS could not be reached or kept failing.
+	ErrKMSUnavailable = errors.New("KMS unavailable")
+	// ErrThrottled: the KMS kept throttling after retries.
+	ErrThrottled = errors.New("KMS request throttled")
+
+	// ErrWrongPassphrase: the keyring did not open with this passphrase.
+	ErrWrongPassphrase = errors.New("wrong passphrase for keyring")
+	// ErrKeyringNotFound: no keyring file at the given path.
+	ErrKeyringNotFound = errors.New("keyring not found")
+	// ErrKeyringExists: refusing to overwrite an existing keyring.
+	ErrKeyringExists = errors.New("keyring already exists")
+	// ErrKeyringInsecure: the keyring file is readable by group or others.
+	ErrKeyringInsecure = errors.New("keyring file is readable by group or others")
+	// ErrKeyringCorrupt: the keyring file does not parse.
+	ErrKeyringCorrupt = errors.New("keyring file is corrupt")
+
+	// ErrNotIndexed: the header index has no entry for the file.
+	ErrNotIndexed = errors.New("file not in header index")
+	// ErrIndexLocked: another process (a running mount) holds the index.
+	ErrIndexLocked = errors.New("header index is locked by another process")
+	// ErrIndexCorrupt: the index or one of its values does not decode.
+	ErrIndexCorrupt = errors.New("header index is corrupt")
+
+	// ErrMemlock: locked memory could not be obtained (RLIMIT_MEMLOCK).
+	ErrMemlock = errors.New("cannot lock memory for keys")
+)

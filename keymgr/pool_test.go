@@ -1,0 +1,303 @@
+package keymgr
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kmsfs/kmsfs/crypto"
+)
+
+const stFilesystemID = "4f0c1e8a9b2d4c6e8f1a3b5c7d9e0f12"
+
+// stKMS is a real local provider over a fresh keyring with one key.
+type stKMS struct {
+	kr   *Keyring
+	arn  string
+	prov *stCountingProvider
+}
+
+func newStKMS(t *testing.T) *stKMS {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "keyring.json")
+	kr, err := CreateKeyring(path, []byte("store test passphrase"), KeyringOptions{ArgonTime: 1, ArgonMemoryKiB: 64, ArgonThreads: 1})
+	if err != nil {
+		t.Fatalf("CreateKeyring: %v", err)
+	}
+	t.Cleanup(func() { _ = kr.Close() })
+	md, err := kr.CreateKey("store tests", "alias/kmsfs/store-test")
+	if err != nil {
+		t.Fatalf("CreateKey: %v", err)
+	}
+	if err := kr.Save(); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	return &stKMS{kr: kr, arn: md.ARN, prov: &stCountingProvider{Provider: NewLocalProvider(kr)}}
+}
+
+func (k *stKMS) setEnabled(t *testing.T, enabled bool) {
+	t.Helper()
+	if _, err := k.kr.SetEnabled(k.arn, enabled); err != nil {
+		t.Fatalf("SetEnabled(%v): %v", enabled, err)
+	}
+	if err := k.kr.Save(); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+}
+
+// stCountingProvider forwards to a real provider and counts calls. When
+// decryptGate is set, Decrypt signals decryptEntered and waits for the gate.
+type stCountingProvider struct {
+	Provider
+	generate, decrypt atomic.Int64
+	decryptGate       chan struct{}
+	decryptEntered    chan struct{}
+}
+
+func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
+	p.generate.Add(1)
+	return p.Provider.GenerateDataKey(ctx, keyRef, ec)
+}
+
+func (p *stCountingProvider) Decrypt(ctx context.Context, keyRef string, blob []byte, ec EncryptionContext) ([]byte, error) {
+	p.decrypt.Add(1)
+	if p.decryptGate != nil {
+		select {
+		case p.decryptEntered <- struct{}{}:
+		default:
+		}
+		<-p.decryptGate
+	}
+	return p.Provider.Decrypt(ctx, keyRef, blob, ec)
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func newStPool(t *testing.T, kms *stKMS, size int, tweak func(*poolOptions)) (*dekPool, *stLog) {
+	t.Helper()
+	logger, tl := newStLog(t)
+	o := poolOptions{
+		Size:         size,
+		FilesystemID: stFilesystemID,
+		KeyARN:       kms.arn,
+		Provider:     kms.prov,
+		Rand:         randReader{},
+		Logger:       logger,
+	}
+	if tweak != nil {
+		tweak(&o)
+	}
+	p, err := newDEKPool(o)
+	if err != nil {
+		t.Fatalf("newDEKPool: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.close(); err != nil {
+			t.Errorf("pool close: %v", err)
+		}
+	})
+	return p, tl
+}
+
+// randReader is crypto/rand behind a type the pool does not special-case.
+type randReader struct{}
+
+func (randReader) Read(b []byte) (int, error) { return crand.Read(b) }
+
+// checkPooledKey unwraps k's EDK with the real provider and compares.
+func checkPooledKey(t *testing.T, kms *stKMS, k pooledKey, dek []byte) {
+	t.Helper()
+	if k.KeyARN != kms.arn {
+		t.Errorf("key ARN: got %q, want %q", k.KeyARN, kms.arn)
+	}
+	if k.KeyVersion != 1 {
+		t.Errorf("key version: got %d, want 1", k.KeyVersion)
+	}
+	got, err := kms.prov.Provider.Decrypt(context.Background(), k.KeyARN, k.EDK, FileContext(stFilesystemID, k.ID))
+	if err != nil {
+		t.Fatalf("Decrypt pooled EDK of %s: %v", k.ID, err)
+	}
+	if !bytes.Equal(got, dek) {
+		t.Errorf("pooled DEK of %s does not match its EDK", k.ID)
+	}
+	if bytes.Equal(dek, make([]byte, crypto.DEKSize)) {
+		t.Errorf("pooled DEK of %s is all zero", k.ID)
+	}
+}
+
+func TestPoolWarmTakeMakesNoKMSCall(t *testing.T) {
+	kms := newStKMS(t)
+	const size = 8
+	p, _ := newStPool(t, kms, size, nil)
+	p.start(context.Background())
+	waitFor(t, "a full pool", func() bool { return p.readyCount() == size })
+	if got := kms.prov.generate.Load(); got != size {
+		t.Fatalf("GenerateDataKey calls to fill: got %d, want %d", got, size)
+	}
+
+	seen := map[crypto.FileID]bool{}
+	dek := make([]byte, crypto.DEKSize)
+	// size - size/2 takes leave size/2 keys: no refill yet.
+	for range size - size/2 {
+		k, err := p.take(context.Background(), dek)
+		if err != nil {
+			t.Fatalf("take: %v", err)
+		}
+		if seen[k.ID] {
+			t.Fatalf("file ID %s handed out twice", k.ID)
+		}
+		seen[k.ID] = true
+		checkPooledKey(t, kms, k, dek)
+	}
+	if got := kms.prov.generate.Load(); got != size {
+		t.Fatalf("GenerateDataKey calls after warm takes: got %d, want %d", got, size)
+	}
+	if got := p.fallbacks.Load(); got != 0 {
+		t.Fatalf("synchronous fallbacks: got %d, want 0", got)
+	}
+
+	// One more drops below size/2 and triggers a refill back to size.
+	if _, err := p.take(context.Background(), dek); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refill", func() bool { return p.readyCount() == size })
+	if got, want := kms.prov.generate.Load(), int64(size+size/2+1); got != want {
+		t.Fatalf("GenerateDataKey calls after refill: got %d, want %d", got, want)
+	}
+	if got, want := p.taken.Load(), uint64(size/2+1); got != want {
+		t.Fatalf("taken: got %d, want %d", got, want)
+	}
+	if got, want := p.generated.Load(), uint64(size+size/2+1); got != want {
+		t.Fatalf("generated: got %d, want %d", got, want)
+	}
+}
+
+func TestPoolColdTakeGeneratesSynchronously(t *testing.T) {
+	kms := newStKMS(t)
+	p, _ := newStPool(t, kms, 4, nil) // never started: no refill goroutine
+	dek := make([]byte, crypto.DEKSize)
+	for i := range 3 {
+		k, err := p.take(context.Background(), dek)
+		if err != nil {
+			t.Fatalf("take: %v", err)
+		}
+		checkPooledKey(t, kms, k, dek)
+		if got := p.fallbacks.Load(); got != uint64(i+1) {
+			t.Fatalf("fallbacks: got %d, want %d", got, i+1)
+		}
+	}
+	if got := kms.prov.generate.Load(); got != 3 {
+		t.Fatalf("GenerateDataKey calls: got %d, want 3", got)
+	}
+	if _, err := p.take(context.Background(), make([]byte, 16)); err == nil {
+		t.Fatal("take with a 16-byte buffer: got no error")
+	}
+}
+
+func TestPoolRefillBacksOff(t *testing.T) {
+	kms := newStKMS(t)
+	kms.setEnabled(t, false)
+	p, tl := newStPool(t, kms, 4, func(o *poolOptions) {
+		o.MinBackoff = 20 * time.Millisecond
+		o.MaxBackoff = 40 * time.Millisecond
+	})
+	tl.expectWarnings()
+	p.start(context.Background())
+	time.Sleep(300 * time.Millisecond)
+	calls := kms.prov.generate.Load()
+	// 300 ms at 20, 40, 40, ... ms between attempts: about 8 attempts.
+	if calls < 2 || calls > 12 {
+		t.Fatalf("GenerateDataKey attempts in 300 ms with 20-40 ms backoff: got %d, want 2..12", calls)
+	}
+	if got := len(tl.messages(slog.LevelWarn)); got < 2 {
+		t.Fatalf("refill warnings: got %d, want >= 2", got)
+	}
+	if got := p.refillErrors.Load(); got < 2 {
+		t.Fatalf("refill errors: got %d, want >= 2", got)
+	}
+
+	// Meanwhile a take fails with the KMS's error.
+	_, err := p.take(context.Background(), make([]byte, crypto.DEKSize))
+	if !errors.Is(err, ErrKeyDisabled) {
+		t.Fatalf("take with the key disabled: got %v, want %v", err, ErrKeyDisabled)
+	}
+
+	kms.setEnabled(t, true)
+	waitFor(t, "the pool to fill once the key is enabled", func() bool { return p.readyCount() == 4 })
+}
+
+func TestPoolTakeZeroesItsSlot(t *testing.T) {
+	kms := newStKMS(t)
+	// Not started: refillOne fills it by hand, so nothing races the check.
+	p2, _ := newStPool(t, kms, 4, nil)
+	for range 4 {
+		if err := p2.refillOne(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p2.mu.Lock()
+	full := append([]byte(nil), p2.slab.mem[:4*crypto.DEKSize]...)
+	p2.mu.Unlock()
+	if bytes.Equal(full, make([]byte, len(full))) {
+		t.Fatal("slab of a full pool is all zero")
+	}
+	dek := make([]byte, crypto.DEKSize)
+	for range 4 {
+		if _, err := p2.take(context.Background(), dek); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p2.mu.Lock()
+	empty := append([]byte(nil), p2.slab.mem...)
+	p2.mu.Unlock()
+	if !bytes.Equal(empty, make([]byte, len(empty))) {
+		t.Fatal("slab of an emptied pool is not all zero")
+	}
+}
+
+func TestPoolClose(t *testing.T) {
+	kms := newStKMS(t)
+	p, _ := newStPool(t, kms, 4, nil)
+	p.start(context.Background())
+	waitFor(t, "a full pool", func() bool { return p.readyCount() == 4 })
+	if err := p.close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := p.close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if got := p.readyCount(); got != 0 {
+		t.Fatalf("ready after close: got %d, want 0", got)
+	}
+	if _, err := p.take(context.Background(), make([]byte, crypto.DEKSize)); err == nil {
+		t.Fatal("take after close: got no error")
+	}
+	before := kms.prov.generate.Load()
+	p.signal()
+	time.Sleep(20 * time.Millisecond)
+	if got := kms.prov.generate.Load(); got != before {
+		t.Fatalf("GenerateDataKey calls after close: got %d, want %d", got, before)
+	}
+}
+
+func TestNewDEKPoolOptions(t *testing.T) {
+	if _, err := newDEKPool(poolOptions{Size: 0}); err == nil {
+		t.Fatal("size 0: got no error")
+	}
+}
