@@ -1,0 +1,477 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/keymgr"
+)
+
+// Sizes of the key stores of a mount.
+const (
+	cacheEntries = 100000
+	cacheTTL     = time.Hour
+	poolSize     = 32
+)
+
+type mountFlags struct {
+	foreground bool
+	readOnly   bool
+	allowOther bool
+	fuseDebug  bool
+	passFD     int // background child: passphrase pipe
+	readyFD    int // background child: ready pipe
+}
+
+func newMountCmd(g *globals) *cobra.Command {
+	f := &mountFlags{}
+	cmd := &cobra.Command{
+		Use:   "mount [-f] [--ro] [--allow-other] CIPHERDIR MOUNTPOINT",
+		Short: "mount the plain view of a cipher directory",
+		Long: `mount checks everything it can, then serves the plain view of CIPHERDIR at
+MOUNTPOINT (an existing empty directory) from a background process, and
+returns once the mount is ready. The background process logs to
+CIPHERDIR/.kmsfs/mount.log. With -f it stays in the foreground and logs to
+stderr; SIGINT or SIGTERM unmounts cleanly.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runMount(g, f, args[0], args[1], cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVarP(&f.foreground, "foreground", "f", false, "stay in the foreground, log to stderr")
+	fl.BoolVar(&f.readOnly, "ro", false, "mount read-only")
+	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
+	fl.BoolVar(&f.fuseDebug, "fuse-debug", false, "log every FUSE request (debugging)")
+	fl.IntVar(&f.passFD, "passphrase-fd", -1, "internal: read the passphrase from this inherited fd")
+	fl.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this inherited fd")
+	for _, n := range []string{"fuse-debug", "passphrase-fd", "ready-fd"} {
+		_ = fl.MarkHidden(n)
+	}
+	return cmd
+}
+
+// harden keeps key material out of core dumps and away from ptrace by other
+// processes of the user: the first thing a mount process does.
+func harden() error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("disable core dumps: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+	}
+	return nil
+}
+
+// loadCipherDir loads and validates kmsfs.conf with a message that says
+// what to do.
+func loadCipherDir(dir string) (cipherdir.Config, error) {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return cipherdir.Config{}, fmt.Errorf("%s does not exist: create a cipher directory with kmsfs init %s", dir, dir)
+		}
+		return cipherdir.Config{}, fmt.Errorf("cipher directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return cipherdir.Config{}, fmt.Errorf("%s is not a kmsfs cipher directory (not a directory)", dir)
+	}
+	c, err := cipherdir.Load(dir)
+	if errors.Is(err, cipherdir.ErrNotCipherDir) {
+		return c, fmt.Errorf("%s is not a kmsfs cipher directory: run kmsfs init %s", dir, dir)
+	}
+	return c, err
+}
+
+// mountTarget is what mount resolved from its arguments.
+type mountTarget struct {
+	cipherDir  string
+	mountpoint string
+	conf       cipherdir.Config
+	spec       providerSpec
+}
+
+func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, error) {
+	var t mountTarget
+	var err error
+	if t.cipherDir, err = canonicalPath(cipherArg); err != nil {
+		return t, err
+	}
+	if t.mountpoint, err = canonicalPath(mntArg); err != nil {
+		return t, err
+	}
+	if t.conf, err = loadCipherDir(t.cipherDir); err != nil {
+		return t, err
+	}
+	mounts, err := readMountinfo()
+	if err != nil {
+		return t, fmt.Errorf("read /proc/self/mountinfo: %w", err)
+	}
+	if err := checkMountpoint(t.mountpoint, t.cipherDir, mounts); err != nil {
+		return t, err
+	}
+	t.spec = providerSpecOf(t.conf)
+	if g.keyring != "" { // an explicit --keyring wins over kmsfs.conf (a moved keyring)
+		if t.spec.keyringPath, err = filepath.Abs(g.keyring); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer) error {
+	if err := harden(); err != nil {
+		return err
+	}
+	// The inherited pipes must not leak into fusermount3 or other children.
+	for _, fd := range []int{f.passFD, f.readyFD} {
+		if fd >= 0 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	child := f.readyFD >= 0
+	var ready *os.File
+	if child {
+		ready = os.NewFile(uintptr(f.readyFD), "ready-pipe")
+		if ready == nil {
+			return fmt.Errorf("ready pipe fd %d is not open", f.readyFD)
+		}
+		defer ready.Close()
+	}
+	report := func(err error) {
+		if ready == nil {
+			return
+		}
+		if err != nil {
+			fmt.Fprintf(ready, "error: %s\n", oneLine(err.Error()))
+		} else {
+			fmt.Fprintln(ready, "ready")
+		}
+		ready.Close()
+		ready = nil
+	}
+	t, err := resolveMountTarget(g, cipherArg, mntArg)
+	if err != nil {
+		report(err)
+		return err
+	}
+	pass := newPassSource(g)
+	pass.fd = f.passFD
+	if f.foreground || child {
+		err := serve(g, f, t, pass, report)
+		report(err) // no-op once reported
+		return err
+	}
+	return launch(g, f, t, pass, out)
+}
+
+// launch validates what only a passphrase can show, then starts the mount
+// process in a new session and waits for it to report.
+func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Writer) error {
+	var pp []byte
+	if t.spec.kind == cipherdir.ProviderLocal {
+		var err error
+		if _, err := os.Stat(t.spec.keyringPath); errors.Is(err, os.ErrNotExist) {
+			return keyringError(t.spec.keyringPath, keymgr.ErrKeyringNotFound)
+		}
+		if pp, err = pass.get(t.spec.keyringPath, false); err != nil {
+			return err
+		}
+		defer crypto.Zero(pp)
+		pass = passSource{fixed: pp, fd: -1}
+	}
+	// Fail here, before anything in the cipher directory changes, on a
+	// wrong passphrase, a missing keyring, a disabled key or a held index.
+	p, err := openProvider(t.spec, pass)
+	if err != nil {
+		return err
+	}
+	_, err = describeUsable(context.Background(), p, t.conf.KeyARN, p.where())
+	p.Close()
+	if err != nil {
+		return err
+	}
+	if ix, err := keymgr.OpenIndex(cipherdir.IndexDir(t.cipherDir), keymgr.IndexOptions{ReadOnly: true}); err == nil {
+		ix.Close()
+	} else if errors.Is(err, keymgr.ErrIndexLocked) {
+		return errMountedElsewhere(t.cipherDir)
+	}
+
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the kmsfs executable: %w", err)
+	}
+	passR, passW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("pipe: %w", err)
+	}
+	defer passR.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		passW.Close()
+		return fmt.Errorf("pipe: %w", err)
+	}
+	defer readyR.Close()
+	// A passphrase is far below the pipe buffer (64 KiB): write and close
+	// before the child starts, so it reads it whole and sees EOF.
+	_, werr := passW.Write(pp)
+	passW.Close()
+	if werr != nil {
+		readyW.Close()
+		return fmt.Errorf("pass the passphrase to the mount process: %w", werr)
+	}
+	logPath := cipherdir.MountLogPath(t.cipherDir)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		readyW.Close()
+		return fmt.Errorf("open mount log %s: %w", logPath, err)
+	}
+	args := []string{"mount", "--foreground", "--passphrase-fd", "3", "--ready-fd", "4"}
+	if t.spec.keyringPath != "" {
+		args = append(args, "--keyring", t.spec.keyringPath)
+	}
+	if f.readOnly {
+		args = append(args, "--ro")
+	}
+	if f.allowOther {
+		args = append(args, "--allow-other")
+	}
+	if f.fuseDebug {
+		args = append(args, "--fuse-debug")
+	}
+	args = append(args, "--", t.cipherDir, t.mountpoint)
+	cmd := exec.Command(exe, args...)
+	cmd.Dir = "/"
+	cmd.Env = withoutEnv(os.Environ(), envPassphrase)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.ExtraFiles = []*os.File{passR, readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	logf.Close()
+	readyW.Close()
+	if err != nil {
+		return fmt.Errorf("start the mount process: %w", err)
+	}
+	pid := cmd.Process.Pid
+	_ = cmd.Process.Release()
+	line, rerr := bufio.NewReader(readyR).ReadString('\n')
+	line = strings.TrimSpace(line)
+	switch {
+	case line == "ready":
+		fmt.Fprintf(out, "mounted %s at %s (pid %d; log %s)\n", t.cipherDir, t.mountpoint, pid, logPath)
+		return nil
+	case strings.HasPrefix(line, "error: "):
+		return errors.New(strings.TrimPrefix(line, "error: "))
+	default:
+		if rerr == nil {
+			rerr = errors.New(line)
+		}
+		return fmt.Errorf("the mount process (pid %d) exited without mounting (%v): see %s", pid, rerr, logPath)
+	}
+}
+
+func withoutEnv(env []string, name string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func errMountedElsewhere(dir string) error {
+	return fmt.Errorf("%s is already mounted elsewhere (its header index is locked): kmsfs unmount that mount first", dir)
+}
+
+// openIndexHealing opens the index read-write; a corrupt index is moved
+// aside and replaced by a fresh one, which files refill from their header
+// mirrors as they are opened.
+func openIndexHealing(dir string, log *slog.Logger) (*keymgr.Index, error) {
+	path := cipherdir.IndexDir(dir)
+	ix, err := keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
+	switch {
+	case err == nil:
+		return ix, nil
+	case errors.Is(err, keymgr.ErrIndexLocked):
+		return nil, errMountedElsewhere(dir)
+	case errors.Is(err, keymgr.ErrIndexCorrupt):
+		aside := path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return nil, fmt.Errorf("header index %s is corrupt and cannot be moved aside (%v): run kmsfs fsck --repair %s", path, rerr, dir)
+		}
+		log.Warn("header index corrupt: moved aside, starting a fresh one; files heal from their header mirrors on open; kmsfs fsck --repair rebuilds it at once",
+			"index", path, "moved_to", aside, "error", err)
+		ix, err = keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("fresh header index %s: %w", path, err)
+		}
+		return ix, nil
+	default:
+		return nil, fmt.Errorf("header index %s: %w", path, err)
+	}
+}
+
+// serve is the mount process: it wires the key stores, mounts, reports
+// ready, and on SIGINT/SIGTERM (or an external unmount) tears down in
+// order, zeroing keys.
+func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report func(error)) (err error) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).
+		With("pid", os.Getpid())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	defer func() {
+		if err != nil {
+			log.Error("mount failed", "cipherdir", t.cipherDir, "mountpoint", t.mountpoint, "error", err)
+		}
+	}()
+	// Signals from here on: a SIGTERM before the mount is ready must not
+	// kill the process with keys in memory un-zeroed.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	// The mount record goes last, after every key store is closed.
+	recordDir := ""
+	defer func() {
+		if recordDir != "" {
+			if rerr := cipherdir.RemoveMountRecord(recordDir, t.mountpoint, os.Getpid()); rerr != nil {
+				log.Warn("remove mount record", "error", rerr)
+			}
+		}
+	}()
+
+	p, err := openProvider(t.spec, pass)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(t.cipherDir))
+	if err != nil {
+		return fmt.Errorf("open audit log %s: %w", cipherdir.AuditPath(t.cipherDir), err)
+	}
+	defer audit.Close()
+	prov := keymgr.NewAuditingProvider(p.Provider, audit, nil)
+	if _, err := describeUsable(ctx, prov, t.conf.KeyARN, p.where()); err != nil {
+		return err
+	}
+	ix, err := openIndexHealing(t.cipherDir, log)
+	if err != nil {
+		return err
+	}
+	defer ix.Close()
+	cache, err := keymgr.NewCache(keymgr.CacheOptions{MaxEntries: cacheEntries, TTL: cacheTTL})
+	if err != nil {
+		return fmt.Errorf("DEK cache: %w", err)
+	}
+	defer cache.Close()
+	mgr, err := keymgr.NewManager(keymgr.ManagerOptions{
+		FilesystemID: t.conf.FilesystemID,
+		KeyARN:       t.conf.KeyARN,
+		Provider:     prov,
+		Index:        ix,
+		Cache:        cache,
+		PoolSize:     poolSize,
+		Layout:       t.conf.Layout(),
+		Rand:         rand.Reader,
+		Logger:       log,
+	})
+	if err != nil {
+		return fmt.Errorf("key manager: %w", err)
+	}
+	defer func() {
+		cancel()
+		if cerr := mgr.Close(); cerr != nil {
+			log.Warn("close key manager", "error", cerr)
+		}
+	}()
+	mgr.Start(ctx)
+
+	server, err := kfs.Mount(t.mountpoint, kfs.Options{
+		CipherDir: t.cipherDir,
+		Layout:    t.conf.Layout(),
+		Keys:      mgr,
+		ReadOnly:  f.readOnly,
+		Logger:    log,
+	}, kfs.MountOptions{AllowOther: f.allowOther, Debug: f.fuseDebug, FsName: "kmsfs:" + t.cipherDir})
+	if err != nil {
+		return mountError(t.mountpoint, err)
+	}
+	rtDir, rerr := cipherdir.RuntimeDir()
+	if rerr == nil {
+		rerr = cipherdir.WriteMountRecord(rtDir, cipherdir.MountRecord{PID: os.Getpid(), CipherDir: t.cipherDir, Mountpoint: t.mountpoint})
+	}
+	if rerr != nil {
+		log.Warn("no mount record: kmsfs unmount will not wait for this process", "error", rerr)
+	} else {
+		recordDir = rtDir
+	}
+	log.Info("mounted", "cipherdir", t.cipherDir, "mountpoint", t.mountpoint, "key_arn", t.conf.KeyARN, "read_only", f.readOnly)
+	report(nil)
+
+	done := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case <-done:
+			log.Info("unmounted; closing key stores", "mountpoint", t.mountpoint)
+			cancel()
+			return nil
+		case s := <-sigs:
+			log.Info("signal: unmounting", "signal", s.String(), "mountpoint", t.mountpoint)
+			go unmountRetry(server.Unmount, t.mountpoint, log)
+		}
+	}
+}
+
+// unmountRetry keeps trying while the mount is busy; the files open in it
+// may close soon (go-fuse already retries briefly inside Unmount).
+func unmountRetry(unmount func() error, mnt string, log *slog.Logger) {
+	const tries = 10
+	for i := 1; ; i++ {
+		err := unmount()
+		if err == nil {
+			return
+		}
+		if i == tries {
+			log.Error("unmount failed: still mounted; close the files open in it and run kmsfs unmount",
+				"mountpoint", mnt, "error", err)
+			return
+		}
+		log.Warn("unmount failed, retrying", "mountpoint", mnt, "try", i, "error", err)
+		time.Sleep(time.Second)
+	}
+}
+
+func mountError(mnt string, err error) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, os.ErrPermission) || strings.Contains(msg, "permission denied") || strings.Contains(msg, "Operation not permitted"):
+		return fmt.Errorf("mount %s: %v: run as root or install fuse3 (fusermount3) and check /dev/fuse permissions", mnt, err)
+	case strings.Contains(msg, "fusermount"):
+		return fmt.Errorf("mount %s: %v: install fuse3 (apt-get install fuse3)", mnt, err)
+	}
+	return fmt.Errorf("mount %s: %w", mnt, err)
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/keymgr"
+)
+
+// envKeyring names the environment variable holding the keyring path.
+const envKeyring = "KMSFS_KEYRING"
+
+// defaultKeyAlias is the key init uses, and creates, when --key is not given.
+const defaultKeyAlias = "alias/kmsfs/default"
+
+var errAWSNotBuilt = errors.New("the aws provider is not built yet: use --kms local")
+
+// keyringPath is --keyring, else $KMSFS_KEYRING, else the default, made absolute.
+func keyringPath(g *globals) (string, error) {
+	p := g.keyring
+	if p == "" {
+		p = os.Getenv(envKeyring)
+	}
+	if p == "" {
+		p = keymgr.DefaultKeyringPath()
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", fmt.Errorf("keyring path %s: %w", p, err)
+	}
+	return abs, nil
+}
+
+// providerSpec says which KMS to open. It is the one place a provider is
+// chosen: the aws provider slots in here.
+type providerSpec struct {
+	kind        string // cipherdir.ProviderLocal or cipherdir.ProviderAWS
+	keyringPath string // local: absolute keyring path
+	create      bool   // local: create the keyring when it does not exist
+}
+
+// openedProvider is an open KMS and what must be closed with it.
+type openedProvider struct {
+	keymgr.Provider
+	keyring        *keymgr.Keyring // local only
+	keyringPath    string
+	createdKeyring bool // this call created the keyring file
+	createdDir     bool // ... and its directory
+}
+
+// Close zeroes the keyring's key material.
+func (o *openedProvider) Close() error {
+	if o.keyring != nil {
+		return o.keyring.Close()
+	}
+	return nil
+}
+
+// discard removes a keyring this call created (a failed init); an existing
+// keyring is never touched.
+func (o *openedProvider) discard() {
+	if !o.createdKeyring {
+		return
+	}
+	os.Remove(o.keyringPath)
+	if o.createdDir {
+		os.Remove(filepath.Dir(o.keyringPath))
+	}
+}
+
+func openProvider(spec providerSpec, pass passSource) (*openedProvider, error) {
+	switch spec.kind {
+	case cipherdir.ProviderLocal:
+		return openLocal(spec, pass)
+	case cipherdir.ProviderAWS:
+		return nil, errAWSNotBuilt
+	default:
+		return nil, usagef("unknown KMS provider %q: use local", spec.kind)
+	}
+}
+
+func openLocal(spec providerSpec, pass passSource) (*openedProvider, error) {
+	path := spec.keyringPath
+	_, statErr := os.Stat(path)
+	create := spec.create && errors.Is(statErr, os.ErrNotExist)
+	if !create && errors.Is(statErr, os.ErrNotExist) {
+		// Say so before asking for a passphrase.
+		return nil, keyringError(path, keymgr.ErrKeyringNotFound)
+	}
+	pp, err := pass.get(path, create)
+	if err != nil {
+		return nil, err
+	}
+	defer crypto.Zero(pp)
+	o := &openedProvider{keyringPath: path}
+	var k *keymgr.Keyring
+	if create {
+		_, dirErr := os.Stat(filepath.Dir(path))
+		k, err = keymgr.CreateKeyring(path, pp, keymgr.KeyringOptions{})
+		if err == nil {
+			o.createdKeyring = true
+			o.createdDir = errors.Is(dirErr, os.ErrNotExist)
+		}
+	} else {
+		k, err = keymgr.OpenKeyring(path, pp, keymgr.KeyringOptions{})
+	}
+	if err != nil {
+		return nil, keyringError(path, err)
+	}
+	o.keyring = k
+	o.Provider = keymgr.NewLocalProvider(k)
+	return o, nil
+}
+
+// keyringError turns a keyring error into a cause and a fix.
+func keyringError(path string, err error) error {
+	switch {
+	case errors.Is(err, keymgr.ErrWrongPassphrase):
+		return fmt.Errorf("wrong passphrase for keyring %s: check %s or --passphrase-file", path, envPassphrase)
+	case errors.Is(err, keymgr.ErrKeyringNotFound), errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("keyring %s not found: create one with kmsfs init or kmsfs keys create, or point --keyring or %s at it", path, envKeyring)
+	case errors.Is(err, keymgr.ErrKeyringInsecure):
+		return fmt.Errorf("keyring %s is readable by group or others: chmod 600 %s", path, path)
+	case errors.Is(err, keymgr.ErrKeyringCorrupt):
+		return fmt.Errorf("keyring %s is corrupt (%v): restore it from a backup", path, err)
+	case errors.Is(err, keymgr.ErrKeyringExists):
+		return fmt.Errorf("keyring %s already exists: open it instead of creating it", path)
+	case errors.Is(err, keymgr.ErrMemlock):
+		return err
+	}
+	return fmt.Errorf("keyring %s: %w", path, err)
+}
+
+// keyError turns a key lookup error into a cause and a fix.
+func keyError(ref, where string, err error) error {
+	switch {
+	case errors.Is(err, keymgr.ErrKeyNotFound):
+		return fmt.Errorf("key %s not found in %s: see kmsfs keys list, or create it with kmsfs keys create --alias NAME", ref, where)
+	case errors.Is(err, keymgr.ErrKeyDisabled):
+		return fmt.Errorf("key %s is disabled: run kmsfs keys enable %s", ref, ref)
+	case errors.Is(err, keymgr.ErrKeyInvalidState):
+		return fmt.Errorf("key %s cannot be used (%v): see kmsfs keys list", ref, err)
+	case errors.Is(err, keymgr.ErrAccessDenied):
+		return fmt.Errorf("access to key %s is denied: check the key policy", ref)
+	case errors.Is(err, keymgr.ErrKMSUnavailable):
+		return fmt.Errorf("KMS unavailable for key %s: %v", ref, err)
+	}
+	return fmt.Errorf("key %s: %w", ref, err)
+}
+
+// describeUsable resolves ref and refuses a key that is not enabled.
+func describeUsable(ctx context.Context, p keymgr.Provider, ref, where string) (keymgr.KeyMetadata, error) {
+	md, err := p.DescribeKey(ctx, ref)
+	if err != nil {
+		return md, keyError(ref, where, err)
+	}
+	if md.State != keymgr.KeyEnabled {
+		if md.State == keymgr.KeyDisabled {
+			return md, keyError(ref, where, keymgr.ErrKeyDisabled)
+		}
+		return md, keyError(ref, where, fmt.Errorf("%w: state %s", keymgr.ErrKeyInvalidState, md.State))
+	}
+	return md, nil
+}
+
+// providerSpecOf is the spec that opens a cipher directory's provider.
+func providerSpecOf(c cipherdir.Config) providerSpec {
+	return providerSpec{kind: c.Provider, keyringPath: c.Keyring}
+}
+
+// where names the key store in messages.
+func (o *openedProvider) where() string {
+	if o.keyring != nil {
+		return "keyring " + o.keyringPath
+	}
+	return o.Name() + " KMS"
+}

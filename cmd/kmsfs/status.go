@@ -1,0 +1,210 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
+	"github.com/kmsfs/kmsfs/keymgr"
+)
+
+// statusReport is the JSON `kmsfs status --json` prints; its shape is a
+// promise to scripts.
+type statusReport struct {
+	CipherDir    string        `json:"cipherdir"`
+	FilesystemID string        `json:"filesystem_id"`
+	Provider     string        `json:"provider"`
+	Key          string        `json:"key"`
+	KeyARN       string        `json:"key_arn"`
+	Mounted      bool          `json:"mounted"`
+	Source       string        `json:"source"` // "index" or "headers"
+	Files        int           `json:"files"`
+	Keys         []keyVersions `json:"keys"`
+
+	unreadable int    // cipher files with no valid header (headers source only)
+	note       string // why the counts come from the headers
+}
+
+type keyVersions struct {
+	KeyARN     string `json:"key_arn"`
+	KeyVersion uint32 `json:"key_version"`
+	Files      int    `json:"files"`
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--json] CIPHERDIR",
+		Short: "show a cipher directory's provider, key, and files per key version",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := statusOf(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(r)
+			}
+			printStatus(cmd.OutOrStdout(), r)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// counter tallies headers per (key ARN, key version).
+type counter struct {
+	files int
+	by    map[keyVersions]int
+}
+
+func (c *counter) add(h crypto.Header) {
+	if c.by == nil {
+		c.by = map[keyVersions]int{}
+	}
+	c.files++
+	for _, k := range h.Keys {
+		c.by[keyVersions{KeyARN: k.KeyARN, KeyVersion: k.KeyVersion}]++
+	}
+}
+
+func (c *counter) rows() []keyVersions {
+	out := make([]keyVersions, 0, len(c.by))
+	for k, n := range c.by {
+		k.Files = n
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].KeyARN != out[j].KeyARN {
+			return out[i].KeyARN < out[j].KeyARN
+		}
+		return out[i].KeyVersion < out[j].KeyVersion
+	})
+	return out
+}
+
+func statusOf(arg string) (statusReport, error) {
+	dir, err := canonicalPath(arg)
+	if err != nil {
+		return statusReport{}, err
+	}
+	conf, err := loadCipherDir(dir)
+	if err != nil {
+		return statusReport{}, err
+	}
+	r := statusReport{
+		CipherDir: dir, FilesystemID: conf.FilesystemID, Provider: conf.Provider,
+		Key: conf.Key, KeyARN: conf.KeyARN, Source: "index",
+	}
+	var c counter
+	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: true})
+	if err == nil {
+		err = ix.ForEach(func(h crypto.Header) error { c.add(h); return nil })
+		ix.Close()
+		if err != nil {
+			c = counter{}
+			r.note = "index does not open read-only: mount once, or run kmsfs fsck --repair " + dir
+		}
+	} else if errors.Is(err, keymgr.ErrIndexLocked) {
+		r.Mounted = true
+	} else {
+		r.note = "index does not open read-only: mount once, or run kmsfs fsck --repair " + dir
+	}
+	if err != nil {
+		r.Source = "headers"
+		c = counter{}
+		if r.unreadable, err = countHeaders(dir, conf.Layout(), &c); err != nil {
+			return r, err
+		}
+	}
+	r.Files = c.files
+	r.Keys = c.rows()
+	return r, nil
+}
+
+// countHeaders walks the cipher tree and reads each file's header mirror.
+func countHeaders(dir string, l crypto.Layout, c *counter) (unreadable int, err error) {
+	err = walkCipherFiles(dir, func(path, rel string, d fs.DirEntry) error {
+		f, err := os.Open(path)
+		if err != nil {
+			unreadable++
+			return nil
+		}
+		defer f.Close()
+		h, _, err := cipherfile.ReadHeader(f, l)
+		if err != nil {
+			unreadable++
+			return nil
+		}
+		c.add(h)
+		return nil
+	})
+	return unreadable, err
+}
+
+// walkCipherFiles calls fn for every regular file of the cipher tree,
+// skipping kmsfs.conf and .kmsfs in the root.
+func walkCipherFiles(dir string, fn func(path, rel string, d fs.DirEntry) error) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("walk %s: %w", path, err)
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if cipherdir.IsMeta(rel) {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		return fn(path, rel, d)
+	})
+}
+
+func printStatus(w io.Writer, r statusReport) {
+	yesNo := map[bool]string{true: "yes", false: "no"}
+	fmt.Fprintf(w, "cipherdir: %s\n", r.CipherDir)
+	fmt.Fprintf(w, "filesystem_id: %s\n", r.FilesystemID)
+	fmt.Fprintf(w, "provider: %s\n", r.Provider)
+	fmt.Fprintf(w, "key: %s\n", r.Key)
+	fmt.Fprintf(w, "key_arn: %s\n", r.KeyARN)
+	fmt.Fprintf(w, "mounted: %s\n", yesNo[r.Mounted])
+	switch {
+	case r.Source == "index":
+		fmt.Fprintf(w, "counted from: index\n")
+	case r.Mounted:
+		fmt.Fprintf(w, "counted from: file headers (mounted)\n")
+	default:
+		fmt.Fprintf(w, "counted from: file headers (%s)\n", r.note)
+	}
+	fmt.Fprintf(w, "files: %d\n", r.Files)
+	if r.unreadable > 0 {
+		fmt.Fprintf(w, "unreadable: %d (no valid header: run kmsfs fsck)\n", r.unreadable)
+	}
+	if len(r.Keys) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY ARN\tVERSION\tFILES")
+	for _, k := range r.Keys {
+		fmt.Fprintf(tw, "%s\t%d\t%d\n", k.KeyARN, k.KeyVersion, k.Files)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,256 @@
+// Package cipherdir owns what a cipher directory is made of besides its
+// cipher files: the kmsfs.conf configuration (parsed strictly), the paths
+// of the .kmsfs metadata directory, and the per-user runtime directory that
+// holds the records of running mounts. It does no cryptography and must
+// not import go-fuse: the CLI uses it offline (init, status, fsck).
+package cipherdir
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/kmsfs/kmsfs/crypto"
+)
+
+// FormatVersion is the kmsfs.conf format this build writes and reads.
+const FormatVersion = 1
+
+// MaxConfigSize bounds the kmsfs.conf a Load will read; a real one is
+// about 400 bytes.
+const MaxConfigSize = 64 << 10
+
+// Provider names.
+const (
+	ProviderLocal = "local"
+	ProviderAWS   = "aws"
+)
+
+// Known features. A feature listed in kmsfs.conf that this build does not
+// know means the filesystem was made by a newer kmsfs: it is refused.
+const FeatureNameEncryption = "name_encryption"
+
+// supportedFeatures maps each known feature to whether this build can
+// mount a filesystem that has it switched on.
+var supportedFeatures = map[string]bool{
+	FeatureNameEncryption: false, // reserved; not built yet
+}
+
+// Sentinel errors; Parse, Load and Validate wrap them with the detail.
+var (
+	ErrBadConfig          = errors.New("invalid kmsfs.conf")
+	ErrUnknownFeature     = errors.New("unknown feature in kmsfs.conf")
+	ErrUnsupportedFeature = errors.New("feature not supported by this build")
+	ErrUnsupportedFormat  = errors.New("unsupported kmsfs.conf format")
+	ErrNotCipherDir       = errors.New("not a kmsfs cipher directory")
+)
+
+// Config is kmsfs.conf (docs/format.md, "kmsfs.conf"). It holds no secrets.
+type Config struct {
+	Format       int    `json:"format"`
+	FilesystemID string `json:"filesystem_id"`
+	Provider     string `json:"provider"`
+	// Key is the key reference as the user typed it at init.
+	Key string `json:"key"`
+	// KeyARN is what Key resolved to at init; new files are wrapped under it.
+	KeyARN string `json:"key_arn"`
+	// Keyring is the absolute path of the local provider's keyring.
+	Keyring    string          `json:"keyring,omitempty"`
+	ChunkShift uint8           `json:"chunk_shift"`
+	SlotShift  uint8           `json:"slot_shift"`
+	Features   map[string]bool `json:"features"`
+}
+
+// NewFilesystemID returns 128 random bits as 32 lowercase hex characters.
+func NewFilesystemID(r io.Reader) (string, error) {
+	if r == nil {
+		r = rand.Reader
+	}
+	var b [16]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return "", fmt.Errorf("new filesystem id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// New returns a version-1 config with the default slot size and every
+// known feature switched off.
+func New(filesystemID, provider, key, keyARN, keyring string, chunkShift uint8) Config {
+	return Config{
+		Format:       FormatVersion,
+		FilesystemID: filesystemID,
+		Provider:     provider,
+		Key:          key,
+		KeyARN:       keyARN,
+		Keyring:      keyring,
+		ChunkShift:   chunkShift,
+		SlotShift:    crypto.DefaultSlotShift,
+		Features:     map[string]bool{FeatureNameEncryption: false},
+	}
+}
+
+// Layout is the geometry every cipher file of the filesystem has.
+func (c Config) Layout() crypto.Layout {
+	return crypto.Layout{ChunkShift: c.ChunkShift, SlotShift: c.SlotShift}
+}
+
+// Validate checks every field. Errors wrap ErrBadConfig,
+// ErrUnsupportedFormat, ErrUnknownFeature or ErrUnsupportedFeature.
+func (c Config) Validate() error {
+	if c.Format != FormatVersion {
+		return fmt.Errorf("%w %d (this kmsfs reads format %d): upgrade kmsfs", ErrUnsupportedFormat, c.Format, FormatVersion)
+	}
+	if len(c.FilesystemID) != 32 || strings.ToLower(c.FilesystemID) != c.FilesystemID {
+		return fmt.Errorf("%w: filesystem_id must be 32 lowercase hex characters, got %q", ErrBadConfig, c.FilesystemID)
+	}
+	if _, err := hex.DecodeString(c.FilesystemID); err != nil {
+		return fmt.Errorf("%w: filesystem_id must be 32 lowercase hex characters, got %q", ErrBadConfig, c.FilesystemID)
+	}
+	switch c.Provider {
+	case ProviderLocal:
+		if c.Keyring == "" || !filepath.IsAbs(c.Keyring) {
+			return fmt.Errorf("%w: provider local needs keyring, an absolute path, got %q", ErrBadConfig, c.Keyring)
+		}
+	case ProviderAWS:
+	default:
+		return fmt.Errorf("%w: provider must be %q or %q, got %q", ErrBadConfig, ProviderLocal, ProviderAWS, c.Provider)
+	}
+	if c.Key == "" {
+		return fmt.Errorf("%w: key is empty", ErrBadConfig)
+	}
+	if c.KeyARN == "" || len(c.KeyARN) > crypto.MaxKeyARNLen || !strings.HasPrefix(c.KeyARN, "arn:") {
+		return fmt.Errorf("%w: key_arn must be an ARN (arn:...), got %q", ErrBadConfig, c.KeyARN)
+	}
+	if err := c.Layout().Validate(); err != nil {
+		return fmt.Errorf("%w: chunk_shift %d, slot_shift %d: chunk_shift must be %d..%d and slot_shift %d..%d",
+			ErrBadConfig, c.ChunkShift, c.SlotShift, crypto.MinChunkShift, crypto.MaxChunkShift, crypto.MinSlotShift, crypto.MaxSlotShift)
+	}
+	names := make([]string, 0, len(c.Features))
+	for name := range c.Features {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		supported, known := supportedFeatures[name]
+		if !known {
+			return fmt.Errorf("%w: %q (made by a newer kmsfs?): upgrade kmsfs", ErrUnknownFeature, name)
+		}
+		if c.Features[name] && !supported {
+			return fmt.Errorf("%w: %q is switched on but this kmsfs cannot read it: upgrade kmsfs", ErrUnsupportedFeature, name)
+		}
+	}
+	return nil
+}
+
+// Parse decodes kmsfs.conf strictly (unknown fields, trailing data and
+// duplicate documents are refused) and validates it.
+func Parse(b []byte) (Config, error) {
+	var c Config
+	if len(b) > MaxConfigSize {
+		return c, fmt.Errorf("%w: %d bytes, more than %d", ErrBadConfig, len(b), MaxConfigSize)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "json: ")
+		if strings.HasPrefix(msg, "unknown field") {
+			return Config{}, fmt.Errorf("%w: %s (made by a newer kmsfs?)", ErrBadConfig, msg)
+		}
+		return Config{}, fmt.Errorf("%w: %s", ErrBadConfig, msg)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Config{}, fmt.Errorf("%w: trailing data after the JSON object", ErrBadConfig)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Marshal encodes the config as indented JSON with a final newline.
+func (c Config) Marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode kmsfs.conf: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// Load reads and validates CIPHERDIR/kmsfs.conf. A missing file wraps
+// ErrNotCipherDir.
+func Load(dir string) (Config, error) {
+	path := ConfPath(dir)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Config{}, fmt.Errorf("%s: %w", dir, ErrNotCipherDir)
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxConfigSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Save validates c and writes CIPHERDIR/kmsfs.conf atomically (temp file,
+// fsync, rename, fsync of the directory), mode 0644: it holds no secrets.
+func Save(dir string, c Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	b, err := c.Marshal()
+	if err != nil {
+		return err
+	}
+	path := ConfPath(dir)
+	tmp, err := os.CreateTemp(dir, ".kmsfs.conf.tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmpName := tmp.Name()
+	fail := func(err error) error {
+		tmp.Close()
+		os.Remove(tmpName)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmpName)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		os.Remove(tmpName)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		err = d.Sync()
+		d.Close()
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", dir, err)
+		}
+	}
+	return nil
+}

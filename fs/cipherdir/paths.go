@@ -1,0 +1,153 @@
+package cipherdir
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+// Names inside a cipher directory (docs/format.md, "Cipher directory").
+const (
+	ConfName = "kmsfs.conf"
+	MetaName = ".kmsfs"
+)
+
+// ConfPath is CIPHERDIR/kmsfs.conf.
+func ConfPath(dir string) string { return filepath.Join(dir, ConfName) }
+
+// MetaDir is CIPHERDIR/.kmsfs, mode 0700.
+func MetaDir(dir string) string { return filepath.Join(dir, MetaName) }
+
+// IndexDir is CIPHERDIR/.kmsfs/index, the badger header index.
+func IndexDir(dir string) string { return filepath.Join(dir, MetaName, "index") }
+
+// AuditPath is CIPHERDIR/.kmsfs/audit.log.
+func AuditPath(dir string) string { return filepath.Join(dir, MetaName, "audit.log") }
+
+// MountLogPath is CIPHERDIR/.kmsfs/mount.log, the log of a background mount.
+func MountLogPath(dir string) string { return filepath.Join(dir, MetaName, "mount.log") }
+
+// IsMeta reports whether rel, a slash- or OS-separated path relative to the
+// cipher directory root, is one of the root entries kmsfs owns (kmsfs.conf,
+// .kmsfs) rather than a cipher file.
+func IsMeta(rel string) bool {
+	return rel == ConfName || rel == MetaName
+}
+
+// IsCipherDir reports whether dir holds a kmsfs.conf regular file.
+func IsCipherDir(dir string) bool {
+	fi, err := os.Stat(ConfPath(dir))
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// ChooseRuntimeDir picks the directory for mount records without touching
+// the disk beyond the exists probe: $XDG_RUNTIME_DIR/kmsfs, else
+// /run/user/UID/kmsfs when /run/user/UID exists, else TMPDIR/kmsfs-UID.
+func ChooseRuntimeDir(xdgRuntimeDir string, uid int, tempDir string, exists func(string) bool) string {
+	if xdgRuntimeDir != "" && filepath.IsAbs(xdgRuntimeDir) {
+		return filepath.Join(xdgRuntimeDir, "kmsfs")
+	}
+	runUser := filepath.Join("/run/user", strconv.Itoa(uid))
+	if exists(runUser) {
+		return filepath.Join(runUser, "kmsfs")
+	}
+	return filepath.Join(tempDir, "kmsfs-"+strconv.Itoa(uid))
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+// RuntimeDir returns the runtime directory for this user, creating it with
+// mode 0700. A directory that exists but is not owned by the user or is
+// open to others is refused (it may be a trap in a shared /tmp).
+func RuntimeDir() (string, error) {
+	dir := ChooseRuntimeDir(os.Getenv("XDG_RUNTIME_DIR"), os.Getuid(), os.TempDir(), dirExists)
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", fmt.Errorf("create runtime directory %s: %w", dir, err)
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return "", fmt.Errorf("runtime directory %s: %w", dir, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("runtime directory %s is not a directory of mode 0700 owned by uid %d: remove it", dir, os.Getuid())
+	}
+	return dir, nil
+}
+
+// MountRecord tells other kmsfs commands which process serves a mount.
+type MountRecord struct {
+	PID        int    `json:"pid"`
+	CipherDir  string `json:"cipherdir"`
+	Mountpoint string `json:"mountpoint"`
+}
+
+// RecordPath is the mount record file for an absolute mount point: a hash
+// of the path, so any path maps to one flat file name.
+func RecordPath(runtimeDir, mountpoint string) string {
+	sum := sha256.Sum256([]byte(mountpoint))
+	return filepath.Join(runtimeDir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// WriteMountRecord writes r atomically to RecordPath(runtimeDir, r.Mountpoint).
+func WriteMountRecord(runtimeDir string, r MountRecord) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encode mount record: %w", err)
+	}
+	path := RecordPath(runtimeDir, r.Mountpoint)
+	tmp, err := os.CreateTemp(runtimeDir, ".record-*")
+	if err != nil {
+		return fmt.Errorf("write mount record: %w", err)
+	}
+	_, werr := tmp.Write(append(b, '\n'))
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write mount record %s: %w", path, errors.Join(werr, cerr))
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write mount record %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadMountRecord reads the record of mountpoint; os.ErrNotExist when none.
+func ReadMountRecord(runtimeDir, mountpoint string) (MountRecord, error) {
+	var r MountRecord
+	b, err := os.ReadFile(RecordPath(runtimeDir, mountpoint))
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("mount record of %s: %w", mountpoint, err)
+	}
+	return r, nil
+}
+
+// RemoveMountRecord removes the record of mountpoint if it names pid (so a
+// late exit never removes the record of a newer mount at the same place);
+// pid 0 removes it unconditionally.
+func RemoveMountRecord(runtimeDir, mountpoint string, pid int) error {
+	if pid != 0 {
+		r, err := ReadMountRecord(runtimeDir, mountpoint)
+		if err != nil || r.PID != pid {
+			return nil
+		}
+	}
+	err := os.Remove(RecordPath(runtimeDir, mountpoint))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}

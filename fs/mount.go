@@ -1,0 +1,327 @@
+// Package fs is the go-fuse v2 node tree over a cipher directory: it gives
+// the plain view of the cipher files with POSIX semantics, translates sizes
+// and offsets through fs/cipherfile, and owns the per-file open state and
+// content locks. It gets a file's content cipher through the FileKeys
+// interface and must not talk to a KMS itself. It never hands the kernel a
+// backing fd (no passthrough): every byte read or written goes through the
+// content cipher.
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/crypto"
+)
+
+// FileKeys gives the content cipher of new and existing files. It is
+// implemented by *keymgr.Manager.
+type FileKeys interface {
+	NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCipher, error)
+	OpenFile(ctx context.Context, id crypto.FileID, readHeader func() (crypto.Header, error)) (*crypto.ContentCipher, error)
+	Forget(ctx context.Context, id crypto.FileID) error
+}
+
+// Options configure the filesystem.
+type Options struct {
+	CipherDir string        // the cipher directory (kmsfs.conf, .kmsfs/, cipher files)
+	Layout    crypto.Layout // from kmsfs.conf
+	Keys      FileKeys
+	ReadOnly  bool
+	Logger    *slog.Logger // nil: discard
+}
+
+// MountOptions configure the FUSE mount.
+type MountOptions struct {
+	AllowOther bool
+	Debug      bool
+	FsName     string // "" => "kmsfs:<cipher dir>"
+}
+
+// Mount mounts the plain view of o.CipherDir at mountpoint and returns once
+// the kernel has the mount. The caller unmounts with server.Unmount and may
+// server.Wait for the serve loop to end.
+func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) {
+	r, err := newRoot(o)
+	if err != nil {
+		return nil, err
+	}
+	fsName := mo.FsName
+	if fsName == "" {
+		fsName = "kmsfs:" + r.dir
+	}
+	sec := time.Second
+	var negative time.Duration
+	fo := &gofs.Options{
+		EntryTimeout:    &sec,
+		AttrTimeout:     &sec,
+		NegativeTimeout: &negative,
+		RootStableAttr:  &gofs.StableAttr{Ino: r.rootIno},
+		MountOptions: fuse.MountOptions{
+			AllowOther: mo.AllowOther,
+			// The kernel checks permissions against the modes we
+			// report (the cipher files' own), so Access is not needed.
+			Options:     []string{"default_permissions"},
+			MaxWrite:    1 << 20,
+			FsName:      fsName,
+			Name:        "kmsfs",
+			DirectMount: true, // as root; go-fuse falls back to fusermount3
+			Debug:       mo.Debug,
+		},
+	}
+	if o.ReadOnly {
+		fo.MountOptions.Options = append(fo.MountOptions.Options, "ro")
+		fo.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
+	}
+	server, err := gofs.Mount(mountpoint, &node{r: r}, fo)
+	if err != nil {
+		r.close()
+		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	go func() {
+		server.Wait()
+		r.close()
+	}()
+	return server, nil
+}
+
+// root holds the state every node shares. Nodes hold only a pointer to it.
+type root struct {
+	dir     string // absolute cipher directory
+	dev     uint64 // its device, mixed out of inode numbers
+	rootIno uint64
+	layout  crypto.Layout
+	keys    FileKeys
+	log     *slog.Logger
+	ro      bool
+	files   openTable
+}
+
+func newRoot(o Options) (*root, error) {
+	if o.Keys == nil {
+		return nil, errors.New("fs: Options.Keys is nil")
+	}
+	if err := o.Layout.Validate(); err != nil {
+		return nil, fmt.Errorf("fs: %w", err)
+	}
+	dir, err := filepath.Abs(o.CipherDir)
+	if err == nil {
+		// The root is stat'ed without following symlinks like every
+		// other node: resolve a symlinked cipher dir once here.
+		dir, err = filepath.EvalSymlinks(dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fs: cipher dir: %w", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return nil, fmt.Errorf("fs: cipher dir %s: %w", dir, err)
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return nil, fmt.Errorf("fs: cipher dir %s: %w", dir, syscall.ENOTDIR)
+	}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &root{
+		dir:    dir,
+		dev:    uint64(st.Dev),
+		layout: o.Layout,
+		keys:   o.Keys,
+		log:    log,
+		ro:     o.ReadOnly,
+	}
+	r.rootIno = r.ino(&st)
+	r.files.m = map[fileKey]*openFile{}
+	return r, nil
+}
+
+// close runs once the serve loop has ended: every handle is released by
+// then; anything left (a kernel that never sent RELEASE) is closed here.
+func (r *root) close() {
+	r.files.mu.Lock()
+	defer r.files.mu.Unlock()
+	for k, of := range r.files.m {
+		of.f.Close()
+		delete(r.files.m, k)
+	}
+}
+
+// Names. Version 1 stores names in plaintext; these two functions and
+// cipherPath are the only places a plain name becomes a cipher path, so
+// name encryption (features.name_encryption) changes only them.
+
+// cipherName maps a plain name to its name in the cipher directory.
+func cipherName(plain string) string { return plain }
+
+// plainName maps a cipher directory entry to its plain name; false hides it.
+func plainName(cipher string) (string, bool) { return cipher, true }
+
+// hiddenNames are the entries of the cipher directory root that are not
+// files of the plain view.
+var hiddenNames = map[string]bool{".kmsfs": true, "kmsfs.conf": true}
+
+// hidden reports whether name in directory dir is kmsfs's own.
+func (r *root) hidden(dir *node, name string) bool {
+	return hiddenNames[name] && dir.EmbeddedInode().IsRoot()
+}
+
+// cipherPath is the path of n in the cipher directory.
+func (r *root) cipherPath(n *gofs.Inode) string {
+	var parts []string
+	for cur := n; !cur.IsRoot(); {
+		name, parent := cur.Parent()
+		if parent == nil {
+			// Unlinked: no path. This one is inside the hidden
+			// .kmsfs, where nothing of the plain view can be
+			// created, so path operations on it fail with ENOENT.
+			return filepath.Join(r.dir, ".kmsfs", "unlinked-node")
+		}
+		parts = append(parts, cipherName(name))
+		cur = parent
+	}
+	p := r.dir
+	for i := len(parts) - 1; i >= 0; i-- {
+		p = filepath.Join(p, parts[i])
+	}
+	return p
+}
+
+// ino mixes the device into the inode number as go-fuse's loopback does, so
+// a cipher directory spanning mounts keeps inode numbers unique; on the
+// cipher directory's own device it is the cipher inode number.
+func (r *root) ino(st *syscall.Stat_t) uint64 {
+	dev := uint64(st.Dev)
+	swapped := (dev << 32) | (dev >> 32)
+	swappedRoot := (r.dev << 32) | (r.dev >> 32)
+	return (swapped ^ swappedRoot) ^ st.Ino
+}
+
+// stableAttr is the go-fuse identity of a cipher inode. gen tells a reused
+// inode number from the inode that had it before.
+func (r *root) stableAttr(st *syscall.Stat_t, gen uint64) gofs.StableAttr {
+	return gofs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: r.ino(st), Gen: gen}
+}
+
+// lstat stats path without following a final symlink, and returns a
+// generation from the birth time (1 when the filesystem has none).
+func lstat(path string, st *syscall.Stat_t) (gen uint64, err error) {
+	return statxAt(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, st)
+}
+
+// fstatGen is lstat for an open fd.
+func fstatGen(fd int, st *syscall.Stat_t) (gen uint64, err error) {
+	return statxAt(fd, "", unix.AT_EMPTY_PATH, st)
+}
+
+func statxAt(dirfd int, path string, flags int, st *syscall.Stat_t) (gen uint64, err error) {
+	var x unix.Statx_t
+	err = unix.Statx(dirfd, path, flags, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x)
+	if err == unix.ENOSYS {
+		if path == "" {
+			return 1, syscall.Fstat(dirfd, st)
+		}
+		return 1, syscall.Lstat(path, st)
+	}
+	if err != nil {
+		return 0, err
+	}
+	*st = syscall.Stat_t{}
+	setNum(&st.Dev, unix.Mkdev(x.Dev_major, x.Dev_minor))
+	setNum(&st.Ino, x.Ino)
+	setNum(&st.Nlink, uint64(x.Nlink))
+	setNum(&st.Mode, uint64(x.Mode))
+	setNum(&st.Uid, uint64(x.Uid))
+	setNum(&st.Gid, uint64(x.Gid))
+	setNum(&st.Rdev, unix.Mkdev(x.Rdev_major, x.Rdev_minor))
+	setNum(&st.Size, x.Size)
+	setNum(&st.Blksize, uint64(x.Blksize))
+	setNum(&st.Blocks, x.Blocks)
+	st.Atim = syscall.NsecToTimespec(x.Atime.Sec*1e9 + int64(x.Atime.Nsec))
+	st.Mtim = syscall.NsecToTimespec(x.Mtime.Sec*1e9 + int64(x.Mtime.Nsec))
+	st.Ctim = syscall.NsecToTimespec(x.Ctime.Sec*1e9 + int64(x.Ctime.Nsec))
+	if x.Mask&unix.STATX_BTIME == 0 || (x.Btime.Sec == 0 && x.Btime.Nsec == 0) {
+		return 1, nil
+	}
+	return uint64(x.Btime.Sec)*1e9 + uint64(x.Btime.Nsec), nil
+}
+
+// setNum stores v in *dst whatever width the architecture gives the field.
+func setNum[T ~int32 | ~int64 | ~uint32 | ~uint64](dst *T, v uint64) { *dst = T(v) }
+
+// plainSizeOf is the plain size of a cipher file of cipherSize bytes. A
+// file too short for its head (a crash mid-create) is empty; a size no
+// plain size maps to reports its whole chunks (reads of the tail give EIO).
+func (r *root) plainSizeOf(cipherSize int64) int64 {
+	if cipherSize < r.layout.ContentOffset() {
+		return 0
+	}
+	p, _ := r.layout.PlainSize(cipherSize)
+	return p
+}
+
+// fillAttr converts a cipher stat to the plain attributes: the same but
+// for a regular file's size, which is the plain size. An open file's size
+// is read under its content lock, so it never shows a write half done.
+func (r *root) fillAttr(st *syscall.Stat_t, out *fuse.Attr) {
+	out.FromStat(st)
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return
+	}
+	if of := r.files.peek(fileKey{uint64(st.Dev), st.Ino}); of != nil {
+		of.mu.RLock()
+		var fst syscall.Stat_t
+		if err := syscall.Fstat(int(of.f.Fd()), &fst); err == nil {
+			st = &fst
+		}
+		of.mu.RUnlock()
+		r.release(of)
+	}
+	out.Size = uint64(r.plainSizeOf(st.Size))
+}
+
+// errno maps err for the kernel. An error nobody expected is logged at
+// warning with its text (which never holds a path: cipher files are
+// opened under names made of their inode number).
+func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
+	errno, known := classify(err)
+	if !known {
+		r.log.Warn("unexpected error", "op", op, "inode", ino, "err", err.Error())
+	}
+	return errno
+}
+
+// preserveOwner gives a new entry its creator as owner when the mount runs
+// as root (the cipher files are then created by root).
+func preserveOwner(ctx context.Context, path string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	return unix.Lchown(path, int(caller.Uid), int(caller.Gid))
+}
+
+// fixMode undoes our own umask on a new entry: the kernel has applied the
+// caller's already.
+func fixMode(path string, st *syscall.Stat_t, mode uint32) {
+	if st.Mode&0o777 != mode&0o777 && st.Mode&syscall.S_IFMT != syscall.S_IFLNK {
+		want := st.Mode&0o7000 | mode&0o777
+		if syscall.Chmod(path, want) == nil {
+			st.Mode = st.Mode&^0o7777 | want
+		}
+	}
+}

@@ -1,0 +1,588 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
+)
+
+// node is a file, directory, symlink or special file of the plain view.
+// It holds nothing but the root: its cipher path comes from its place in
+// the tree, its open state from the root's open-file table.
+type node struct {
+	gofs.Inode
+	r *root
+	// tmp names the cipher inode of a file made by O_TMPFILE, which has
+	// no path to find it by until it is linked.
+	tmp *fileKey
+}
+
+var (
+	_ = (gofs.InodeEmbedder)((*node)(nil))
+	_ = (gofs.NodeLookuper)((*node)(nil))
+	_ = (gofs.NodeGetattrer)((*node)(nil))
+	_ = (gofs.NodeSetattrer)((*node)(nil))
+	_ = (gofs.NodeOpener)((*node)(nil))
+	_ = (gofs.NodeCreater)((*node)(nil))
+	_ = (gofs.NodeTmpfiler)((*node)(nil))
+	_ = (gofs.NodeMkdirer)((*node)(nil))
+	_ = (gofs.NodeRmdirer)((*node)(nil))
+	_ = (gofs.NodeUnlinker)((*node)(nil))
+	_ = (gofs.NodeRenamer)((*node)(nil))
+	_ = (gofs.NodeSymlinker)((*node)(nil))
+	_ = (gofs.NodeReadlinker)((*node)(nil))
+	_ = (gofs.NodeLinker)((*node)(nil))
+	_ = (gofs.NodeMknoder)((*node)(nil))
+	_ = (gofs.NodeOpendirHandler)((*node)(nil))
+	_ = (gofs.NodeStatfser)((*node)(nil))
+	_ = (gofs.NodeGetxattrer)((*node)(nil))
+	_ = (gofs.NodeSetxattrer)((*node)(nil))
+	_ = (gofs.NodeListxattrer)((*node)(nil))
+	_ = (gofs.NodeRemovexattrer)((*node)(nil))
+)
+
+func (n *node) path() string { return n.r.cipherPath(n.EmbeddedInode()) }
+
+func (n *node) childPath(name string) string {
+	return filepath.Join(n.path(), cipherName(name))
+}
+
+func (n *node) ino() uint64 { return n.StableAttr().Ino }
+
+// newChild stats a new or found entry and makes its inode.
+func (n *node) newChild(ctx context.Context, p string, out *fuse.EntryOut) (*gofs.Inode, *syscall.Stat_t, syscall.Errno) {
+	var st syscall.Stat_t
+	gen, err := lstat(p, &st)
+	if err != nil {
+		return nil, nil, n.r.errno("lookup", n.ino(), err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	ch := n.NewInode(ctx, &node{r: n.r}, n.r.stableAttr(&st, gen))
+	return ch, &st, 0
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.r.hidden(n, name) {
+		return nil, syscall.ENOENT
+	}
+	ch, _, errno := n.newChild(ctx, n.childPath(name), out)
+	return ch, errno
+}
+
+func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	switch h := f.(type) {
+	case *handle:
+		return h.Getattr(ctx, out)
+	case *dirStream:
+		return h.Getattr(ctx, out)
+	}
+	var st syscall.Stat_t
+	if _, err := lstat(n.path(), &st); err != nil {
+		return n.r.errno("getattr", n.ino(), err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	return 0
+}
+
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	h, _ := f.(*handle)
+	return n.r.setattr(ctx, n, h, in, out)
+}
+
+// setattr changes attributes through the handle's fd when there is one
+// (the file may be unlinked), else by path.
+func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if r.ro {
+		return syscall.EROFS
+	}
+	var ino uint64
+	var p string
+	if n != nil {
+		ino, p = n.ino(), n.path()
+	} else {
+		ino = h.of.key.ino
+	}
+	// withFd runs fn on the handle's cipher fd, or returns false.
+	withFd := func(fn func(fd int) error) (bool, error) {
+		if h == nil {
+			return false, nil
+		}
+		h.of.mu.RLock()
+		defer h.of.mu.RUnlock()
+		return true, fn(int(h.of.f.Fd()))
+	}
+	if mode, ok := in.GetMode(); ok {
+		done, err := withFd(func(fd int) error { return syscall.Fchmod(fd, mode&0o7777) })
+		if !done {
+			err = syscall.Chmod(p, mode&0o7777)
+		}
+		if err != nil {
+			return r.errno("setattr", ino, err)
+		}
+	}
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		u, g := -1, -1
+		if uok {
+			u = int(uid)
+		}
+		if gok {
+			g = int(gid)
+		}
+		done, err := withFd(func(fd int) error { return syscall.Fchown(fd, u, g) })
+		if !done {
+			err = unix.Fchownat(unix.AT_FDCWD, p, u, g, unix.AT_SYMLINK_NOFOLLOW)
+		}
+		if err != nil {
+			return r.errno("setattr", ino, err)
+		}
+	}
+	// Truncate before setting times, so an explicit mtime is not
+	// clobbered by the truncate.
+	if size, ok := in.GetSize(); ok {
+		if size > 1<<62 {
+			return syscall.EFBIG
+		}
+		of := (*openFile)(nil)
+		if h != nil {
+			of = h.of
+			if !of.writable {
+				return syscall.EBADF
+			}
+		} else {
+			var err error
+			if of, err = r.acquire(ctx, p, true); err != nil {
+				return r.errno("truncate", ino, err)
+			}
+			defer r.release(of)
+		}
+		if errno := r.truncate(of, int64(size)); errno != 0 {
+			return errno
+		}
+	}
+	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
+		ts := []unix.Timespec{utime(in, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
+			utime(in, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec)}
+		done, err := withFd(func(fd int) error {
+			return unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+		})
+		if !done {
+			err = unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+		}
+		if err != nil {
+			return r.errno("setattr", ino, err)
+		}
+	}
+	if h != nil {
+		return h.Getattr(ctx, out)
+	}
+	var st syscall.Stat_t
+	if _, err := lstat(p, &st); err != nil {
+		return r.errno("setattr", ino, err)
+	}
+	r.fillAttr(&st, &out.Attr)
+	return 0
+}
+
+// utime is one utimensat(2) time: given, UTIME_NOW or UTIME_OMIT.
+func utime(in *fuse.SetAttrIn, set, now uint32, sec uint64, nsec uint32) unix.Timespec {
+	switch {
+	case in.Valid&set == 0:
+		return unix.Timespec{Nsec: unix.UTIME_OMIT}
+	case in.Valid&now != 0:
+		return unix.Timespec{Nsec: unix.UTIME_NOW}
+	default:
+		return unix.Timespec{Sec: int64(sec), Nsec: int64(nsec)}
+	}
+}
+
+// truncate sets the plain size under the content lock.
+func (r *root) truncate(of *openFile, size int64) syscall.Errno {
+	of.mu.Lock()
+	defer of.mu.Unlock()
+	if !of.writable {
+		return syscall.EBADF
+	}
+	if of.cf == nil {
+		if size == 0 {
+			return 0
+		}
+		return syscall.EIO
+	}
+	if err := of.cf.Truncate(size); err != nil {
+		r.logContentError("truncate", of, err)
+		return r.errno("truncate", of.key.ino, err)
+	}
+	return 0
+}
+
+// logContentError logs a chunk that failed authentication: inode, file ID
+// and chunk index, never content or names.
+func (r *root) logContentError(op string, of *openFile, err error) {
+	var ce *cipherfile.ChunkError
+	if errors.As(err, &ce) {
+		r.log.Warn("chunk failed authentication", "op", op, "inode", of.key.ino, "file_id", of.fileID(), "chunk", ce.Index, "err", err.Error())
+	}
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	h, errno := n.r.open(ctx, n.path(), n.ino(), flags)
+	if errno != 0 {
+		return nil, 0, errno
+	}
+	return h, 0, 0
+}
+
+func isWrite(flags uint32) bool {
+	return flags&syscall.O_ACCMODE == syscall.O_WRONLY || flags&syscall.O_ACCMODE == syscall.O_RDWR
+}
+
+// open makes a handle on the cipher file at p.
+func (r *root) open(ctx context.Context, p string, ino uint64, flags uint32) (*handle, syscall.Errno) {
+	trunc := flags&syscall.O_TRUNC != 0
+	write := isWrite(flags) || trunc
+	if write && r.ro {
+		return nil, syscall.EROFS
+	}
+	of, err := r.acquire(ctx, p, write)
+	if err != nil {
+		return nil, r.errno("open", ino, err)
+	}
+	h := &handle{r: r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
+	if trunc {
+		if errno := r.truncate(of, 0); errno != 0 {
+			r.release(of)
+			return nil, errno
+		}
+	}
+	return h, 0
+}
+
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.r.hidden(n, name) {
+		return nil, nil, 0, syscall.EPERM
+	}
+	if n.r.ro {
+		return nil, nil, 0, syscall.EROFS
+	}
+	p := n.childPath(name)
+	fd, err := syscall.Open(p, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NOATIME, mode&0o7777)
+	if err == syscall.EEXIST && flags&syscall.O_EXCL == 0 {
+		h, errno := n.r.open(ctx, p, n.ino(), flags)
+		if errno != 0 {
+			return nil, nil, 0, errno
+		}
+		ch, _, errno := n.newChild(ctx, p, out)
+		if errno != 0 {
+			n.r.release(h.of)
+			return nil, nil, 0, errno
+		}
+		return ch, h, 0, 0
+	}
+	if err != nil {
+		return nil, nil, 0, n.r.errno("create", n.ino(), err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		syscall.Close(fd)
+		syscall.Unlink(p)
+		return nil, nil, 0, n.r.errno("create", n.ino(), err)
+	}
+	fixMode(p, &st, mode)
+	if err := preserveOwner(ctx, p); err != nil {
+		n.r.log.Warn("cannot give new file to its creator", "op", "create", "inode", st.Ino, "err", err.Error())
+	}
+	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
+	of, ok := n.r.newOpenFile(f, &st)
+	if !ok {
+		// The inode number is in the table: only a broken cipher
+		// directory (changed under the mount) gets here.
+		f.Close()
+		return nil, nil, 0, syscall.EIO
+	}
+	of.mu.Lock()
+	err = n.r.initOpenFile(ctx, of, true, 0)
+	of.mu.Unlock()
+	n.r.finish(of, err)
+	if err != nil {
+		syscall.Unlink(p)
+		return nil, nil, 0, n.r.errno("create", st.Ino, err)
+	}
+	h := &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
+	ch, _, errno := n.newChild(ctx, p, out)
+	if errno != 0 {
+		n.r.release(of)
+		return nil, nil, 0, errno
+	}
+	return ch, h, 0, 0
+}
+
+// Tmpfile makes an unnamed file (open(2) with O_TMPFILE): a cipher file
+// made the same way, with its header, that gets a name only if linked.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.r.ro {
+		return nil, nil, 0, syscall.EROFS
+	}
+	fd, err := syscall.Open(n.path(), unix.O_TMPFILE|syscall.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOATIME, mode&0o7777)
+	if err != nil {
+		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
+	}
+	var st syscall.Stat_t
+	gen, err := fstatGen(fd, &st)
+	if err != nil {
+		syscall.Close(fd)
+		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
+	}
+	if caller, ok := fuse.FromContext(ctx); ok && os.Geteuid() == 0 {
+		syscall.Fchown(fd, int(caller.Uid), int(caller.Gid))
+	}
+	if st.Mode&0o777 != mode&0o777 {
+		syscall.Fchmod(fd, st.Mode&0o7000|mode&0o777)
+	}
+	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
+	of, ok := n.r.newOpenFile(f, &st)
+	if !ok {
+		f.Close()
+		return nil, nil, 0, syscall.EIO
+	}
+	of.tmp = true
+	of.mu.Lock()
+	err = n.r.initOpenFile(ctx, of, true, 0)
+	of.mu.Unlock()
+	n.r.finish(of, err)
+	if err != nil {
+		return nil, nil, 0, n.r.errno("tmpfile", st.Ino, err)
+	}
+	if _, err := fstatGen(fd, &st); err != nil {
+		n.r.release(of)
+		return nil, nil, 0, n.r.errno("tmpfile", st.Ino, err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	key := of.key
+	ch := n.NewInode(ctx, &node{r: n.r, tmp: &key}, n.r.stableAttr(&st, gen))
+	return ch, &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}, 0, 0
+}
+
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.r.hidden(n, name) {
+		return nil, syscall.EPERM
+	}
+	p := n.childPath(name)
+	if err := syscall.Mkdir(p, mode&0o7777); err != nil {
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	return n.finishNew(ctx, p, mode, out, syscall.Rmdir)
+}
+
+// finishNew gives a new entry its mode and owner and makes its inode;
+// undo removes it on failure.
+func (n *node) finishNew(ctx context.Context, p string, mode uint32, out *fuse.EntryOut, undo func(string) error) (*gofs.Inode, syscall.Errno) {
+	if err := preserveOwner(ctx, p); err != nil {
+		undo(p)
+		return nil, n.r.errno("chown", n.ino(), err)
+	}
+	var st syscall.Stat_t
+	if _, err := lstat(p, &st); err != nil {
+		undo(p)
+		return nil, n.r.errno("lookup", n.ino(), err)
+	}
+	fixMode(p, &st, mode)
+	ch, _, errno := n.newChild(ctx, p, out)
+	return ch, errno
+}
+
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	if n.r.hidden(n, name) {
+		return syscall.ENOENT
+	}
+	return n.r.errno("rmdir", n.ino(), syscall.Rmdir(n.childPath(name)))
+}
+
+// doomedFileID returns the file ID of the regular file at p when removing
+// that name removes the file (its last link), so its key can be forgotten.
+func (r *root) doomedFileID(p string) (crypto.FileID, fileKey, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(p, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 || st.Size == 0 {
+		return crypto.FileID{}, fileKey{}, false
+	}
+	fd, err := openNoatime(p, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK)
+	if err != nil {
+		return crypto.FileID{}, fileKey{}, false
+	}
+	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
+	defer f.Close()
+	pre, err := cipherfile.ReadPreamble(f)
+	if err != nil {
+		return crypto.FileID{}, fileKey{}, false
+	}
+	return pre.FileID, fileKey{uint64(st.Dev), st.Ino}, true
+}
+
+// forget drops the key of a file whose last name is gone. An open file
+// keeps its content cipher; only the index entry and cached DEK go.
+func (r *root) forget(ctx context.Context, op string, id crypto.FileID, key fileKey) {
+	if err := r.keys.Forget(context.WithoutCancel(ctx), id); err != nil {
+		r.log.Warn("cannot forget file key", "op", op, "inode", key.ino, "file_id", id.String(), "err", err.Error())
+	}
+}
+
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	if n.r.hidden(n, name) {
+		return syscall.ENOENT
+	}
+	p := n.childPath(name)
+	id, key, doomed := n.r.doomedFileID(p)
+	if err := syscall.Unlink(p); err != nil {
+		return n.r.errno("unlink", n.ino(), err)
+	}
+	if doomed {
+		n.r.forget(ctx, "unlink", id, key)
+	}
+	return 0
+}
+
+func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !ok || np.r != n.r {
+		return syscall.EXDEV
+	}
+	if n.r.hidden(n, name) {
+		return syscall.ENOENT
+	}
+	if n.r.hidden(np, newName) {
+		return syscall.EPERM
+	}
+	p1, p2 := n.childPath(name), np.childPath(newName)
+	var id crypto.FileID
+	var key fileKey
+	doomed := false
+	if flags&unix.RENAME_EXCHANGE == 0 {
+		id, key, doomed = n.r.doomedFileID(p2)
+		if doomed {
+			// A rename onto another link of the same inode removes nothing.
+			var st syscall.Stat_t
+			if syscall.Lstat(p1, &st) == nil && uint64(st.Dev) == key.dev && st.Ino == key.ino {
+				doomed = false
+			}
+		}
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, p1, unix.AT_FDCWD, p2, uint(flags)); err != nil {
+		return n.r.errno("rename", n.ino(), err)
+	}
+	if doomed {
+		n.r.forget(ctx, "rename", id, key)
+	}
+	return 0
+}
+
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.r.hidden(n, name) {
+		return nil, syscall.EPERM
+	}
+	p := n.childPath(name)
+	if err := syscall.Symlink(target, p); err != nil {
+		return nil, n.r.errno("symlink", n.ino(), err)
+	}
+	return n.finishNew(ctx, p, 0o777, out, syscall.Unlink)
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	p := n.path()
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		got, err := syscall.Readlink(p, buf)
+		if err != nil {
+			return nil, n.r.errno("readlink", n.ino(), err)
+		}
+		if got < size {
+			return buf[:got], 0
+		}
+	}
+}
+
+func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok || t.r != n.r {
+		return nil, syscall.EXDEV
+	}
+	if n.r.hidden(n, name) {
+		return nil, syscall.EPERM
+	}
+	p := n.childPath(name)
+	if _, parent := t.Parent(); parent == nil {
+		// An O_TMPFILE file being linked into place: its only name
+		// is its fd.
+		of := (*openFile)(nil)
+		if t.tmp != nil {
+			of = n.r.files.peek(*t.tmp)
+		}
+		if of == nil {
+			return nil, syscall.ENOENT
+		}
+		of.mu.Lock()
+		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(of.f.Fd())), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW)
+		if err == nil {
+			of.tmp = false
+		}
+		of.mu.Unlock()
+		n.r.release(of)
+		if err != nil {
+			return nil, n.r.errno("link", n.ino(), err)
+		}
+	} else if err := syscall.Link(t.path(), p); err != nil {
+		return nil, n.r.errno("link", n.ino(), err)
+	}
+	ch, _, errno := n.newChild(ctx, p, out)
+	return ch, errno
+}
+
+func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if n.r.hidden(n, name) {
+		return nil, syscall.EPERM
+	}
+	switch mode & syscall.S_IFMT {
+	case syscall.S_IFIFO, syscall.S_IFSOCK:
+	case syscall.S_IFREG:
+		// An empty cipher file: it reads as empty and gets its
+		// header on the first writable open.
+	case syscall.S_IFCHR, syscall.S_IFBLK:
+		if os.Geteuid() != 0 {
+			return nil, syscall.EPERM
+		}
+	default:
+		return nil, syscall.EINVAL
+	}
+	p := n.childPath(name)
+	if err := syscall.Mknod(p, mode, int(rdev)); err != nil {
+		return nil, n.r.errno("mknod", n.ino(), err)
+	}
+	return n.finishNew(ctx, p, mode, out, syscall.Unlink)
+}
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	d, err := openDir(n.path(), n.EmbeddedInode().IsRoot(), n.r)
+	if err != nil {
+		return nil, 0, n.r.errno("opendir", n.ino(), err)
+	}
+	return d, 0, 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	var s syscall.Statfs_t
+	if err := syscall.Statfs(n.r.dir, &s); err != nil {
+		return n.r.errno("statfs", n.ino(), err)
+	}
+	out.FromStatfsT(&s)
+	return 0
+}

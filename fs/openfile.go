@@ -1,0 +1,342 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
+)
+
+// fileKey names a cipher inode. The open-file table is keyed by inode, not
+// path, so hard links, renames and unlinked-but-open files all reach the
+// one entry of their inode.
+type fileKey struct{ dev, ino uint64 }
+
+// openTable holds one openFile per open cipher inode, shared by every
+// handle (and every node-level operation that needs the content).
+type openTable struct {
+	mu sync.Mutex
+	m  map[fileKey]*openFile
+}
+
+// openFile is the state of one open cipher inode. refs is guarded by the
+// table's mutex; f, writable, cf, cc are guarded by mu (reads hold RLock,
+// writes, truncates and fd swaps hold Lock). ready is closed once the entry
+// is initialised; err is set before that when it could not be.
+type openFile struct {
+	key   fileKey
+	ready chan struct{}
+	err   error
+	refs  int
+
+	mu       sync.RWMutex
+	f        *os.File
+	writable bool
+	tmp      bool                  // made by O_TMPFILE: forget its key if never linked
+	cc       *crypto.ContentCipher // nil: a 0-byte file not yet initialised
+	cf       *cipherfile.File
+}
+
+// fileID is the file's ID for logs ("" when not initialised). Caller holds mu.
+func (of *openFile) fileID() string {
+	if of.cc == nil {
+		return ""
+	}
+	return of.cc.FileID().String()
+}
+
+// openCipher opens a cipher file for an open of the plain file: O_RDWR when
+// it can (so later writable handles share the fd), O_RDONLY on a read-only
+// mount or when only reading is allowed.
+func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat_t, error) {
+	var st syscall.Stat_t
+	const base = syscall.O_NOFOLLOW | syscall.O_CLOEXEC | syscall.O_NONBLOCK
+	fd := -1
+	writable := false
+	var err error
+	if !r.ro {
+		fd, err = openNoatime(path, syscall.O_RDWR|base)
+		writable = err == nil
+		if err != nil && (write || !(err == syscall.EACCES || err == syscall.EPERM || err == syscall.EROFS || err == syscall.ETXTBSY)) {
+			return nil, false, st, err
+		}
+	} else if write {
+		return nil, false, st, syscall.EROFS
+	}
+	if fd < 0 {
+		fd, err = openNoatime(path, syscall.O_RDONLY|base)
+		if err != nil {
+			return nil, false, st, err
+		}
+	}
+	if err := syscall.Fstat(fd, &st); err != nil {
+		syscall.Close(fd)
+		return nil, false, st, err
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		syscall.Close(fd)
+		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+			return nil, false, st, syscall.EISDIR
+		}
+		return nil, false, st, syscall.EINVAL
+	}
+	// O_NONBLOCK only kept open(2) from blocking on a fifo swapped in.
+	if err := setBlocking(fd); err != nil {
+		syscall.Close(fd)
+		return nil, false, st, err
+	}
+	// The name shows up in error texts: an inode number, never a path.
+	return os.NewFile(uintptr(fd), fmt.Sprintf("cipher inode %d", st.Ino)), writable, st, nil
+}
+
+// openNoatime opens with O_NOATIME when allowed (owner or root): reading a
+// file's head at open must not touch its atime, or a stat before and after
+// an open would differ. Content reads then leave atime alone as well, as on
+// a noatime mount.
+func openNoatime(path string, flags int) (int, error) {
+	fd, err := syscall.Open(path, flags|syscall.O_NOATIME, 0)
+	if err == syscall.EPERM {
+		fd, err = syscall.Open(path, flags, 0)
+	}
+	return fd, err
+}
+
+func setBlocking(fd int) error {
+	return syscall.SetNonblock(fd, false)
+}
+
+// acquire returns the open-file entry of the cipher file at path, opening
+// and initialising it if it is not open yet, with a reference the caller
+// drops with release. write asks for a writable entry: the fd is upgraded
+// to O_RDWR and a 0-byte file (left by a crash mid-create, or made by
+// mknod) gets its header.
+func (r *root) acquire(ctx context.Context, path string, write bool) (*openFile, error) {
+	for {
+		of, retry, err := r.tryAcquire(ctx, path, write)
+		if retry && ctx.Err() == nil {
+			continue
+		}
+		return of, err
+	}
+}
+
+func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *openFile, retry bool, err error) {
+	f, writable, st, err := r.openCipher(path, write)
+	if err != nil {
+		return nil, false, err
+	}
+	key := fileKey{uint64(st.Dev), st.Ino}
+	t := &r.files
+	t.mu.Lock()
+	of = t.m[key]
+	if of == nil {
+		of = &openFile{key: key, ready: make(chan struct{}), refs: 1, f: f, writable: writable}
+		t.m[key] = of
+		t.mu.Unlock()
+		of.mu.Lock()
+		err := r.initOpenFile(ctx, of, write, st.Size)
+		of.mu.Unlock()
+		if err != nil {
+			of.err = err
+			t.mu.Lock()
+			if t.m[key] == of {
+				delete(t.m, key)
+			}
+			t.mu.Unlock()
+			close(of.ready)
+			r.release(of)
+			return nil, false, err
+		}
+		close(of.ready)
+		return of, false, nil
+	}
+	of.refs++
+	t.mu.Unlock()
+
+	select {
+	case <-of.ready:
+	case <-ctx.Done():
+		f.Close()
+		r.release(of)
+		return nil, false, ctx.Err()
+	}
+	if of.err != nil {
+		f.Close()
+		r.release(of)
+		// Another opener was interrupted while initialising: try
+		// again with our own context.
+		return nil, errors.Is(of.err, context.Canceled), of.err
+	}
+	if !write {
+		f.Close()
+		return of, false, nil
+	}
+	// release may close the fd under of.mu: call it only after Unlock.
+	of.mu.Lock()
+	err = r.makeWritable(ctx, of, f, writable)
+	of.mu.Unlock()
+	if err != nil {
+		r.release(of)
+		return nil, false, err
+	}
+	return of, false, nil
+}
+
+// makeWritable upgrades an entry for a writable handle: f, a new fd of the
+// same inode (O_RDWR when writable), replaces a read-only fd for every
+// handle, and a 0-byte file gets its header. It takes ownership of f.
+// Caller holds of.mu.
+func (r *root) makeWritable(ctx context.Context, of *openFile, f *os.File, writable bool) error {
+	if of.writable || !writable {
+		f.Close()
+	} else {
+		if of.cc != nil {
+			cf, err := cipherfile.New(f, of.cc)
+			if err != nil {
+				f.Close()
+				return err
+			}
+			of.cf = cf
+		}
+		of.f.Close()
+		of.f, of.writable = f, true
+	}
+	if !of.writable {
+		return syscall.EROFS
+	}
+	if of.cc == nil {
+		return r.initOpenFile(ctx, of, true, -1)
+	}
+	return nil
+}
+
+// initOpenFile gets the content cipher of an entry. cipherSize < 0 means
+// fstat it. A 0-byte file reads as empty until a writable open gives it a
+// header. Caller holds of.mu.
+func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, cipherSize int64) error {
+	if cipherSize < 0 {
+		fi, err := of.f.Stat()
+		if err != nil {
+			return err
+		}
+		cipherSize = fi.Size()
+	}
+	if cipherSize == 0 {
+		if !write || !of.writable {
+			return nil
+		}
+		h, cc, err := r.keys.NewFile(ctx)
+		if err != nil {
+			return fmt.Errorf("new file key for inode %d: %w", of.key.ino, err)
+		}
+		if err := cipherfile.Create(of.f, r.layout, h); err != nil {
+			return err
+		}
+		return r.setCipher(of, cc)
+	}
+	p, err := cipherfile.ReadPreamble(of.f)
+	if err != nil {
+		return err
+	}
+	if p.Layout() != r.layout {
+		return fmt.Errorf("inode %d: %w", of.key.ino, crypto.ErrLayoutMismatch)
+	}
+	cc, err := r.keys.OpenFile(ctx, p.FileID, func() (crypto.Header, error) {
+		h, _, err := cipherfile.ReadHeader(of.f, r.layout)
+		return h, err
+	})
+	if err != nil {
+		r.log.Warn("cannot open file key", "op", "open", "inode", of.key.ino, "file_id", p.FileID.String(), "err", err.Error())
+		return fmt.Errorf("open file key %s: %w", p.FileID, err)
+	}
+	return r.setCipher(of, cc)
+}
+
+func (r *root) setCipher(of *openFile, cc *crypto.ContentCipher) error {
+	cf, err := cipherfile.New(of.f, cc)
+	if err != nil {
+		return err
+	}
+	of.cc, of.cf = cc, cf
+	return nil
+}
+
+// newOpenFile registers the entry of a file just created (f holds its new
+// empty cipher file), before its header is written, so that no concurrent
+// open initialises it a second time. The caller then calls initOpenFile and
+// finish.
+func (r *root) newOpenFile(f *os.File, st *syscall.Stat_t) (*openFile, bool) {
+	key := fileKey{uint64(st.Dev), st.Ino}
+	t := &r.files
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m[key] != nil {
+		return nil, false
+	}
+	of := &openFile{key: key, ready: make(chan struct{}), refs: 1, f: f, writable: true}
+	t.m[key] = of
+	return of, true
+}
+
+// finish publishes an entry initialised by its creator.
+func (r *root) finish(of *openFile, err error) {
+	if err != nil {
+		of.err = err
+		r.files.mu.Lock()
+		if r.files.m[of.key] == of {
+			delete(r.files.m, of.key)
+		}
+		r.files.mu.Unlock()
+	}
+	close(of.ready)
+	if err != nil {
+		r.release(of)
+	}
+}
+
+// peek returns the ready entry of key with a reference, or nil when the
+// inode is not open (or still opening).
+func (t *openTable) peek(key fileKey) *openFile {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	of := t.m[key]
+	if of == nil {
+		return nil
+	}
+	select {
+	case <-of.ready:
+	default:
+		return nil
+	}
+	if of.err != nil {
+		return nil
+	}
+	of.refs++
+	return of
+}
+
+// release drops a reference; the last one closes the fd.
+func (r *root) release(of *openFile) {
+	t := &r.files
+	t.mu.Lock()
+	of.refs--
+	last := of.refs == 0
+	if last && t.m[of.key] == of {
+		delete(t.m, of.key)
+	}
+	t.mu.Unlock()
+	if last {
+		of.mu.Lock()
+		var st syscall.Stat_t
+		if of.tmp && of.cc != nil && syscall.Fstat(int(of.f.Fd()), &st) == nil && st.Nlink == 0 {
+			r.forget(context.Background(), "release", of.cc.FileID(), of.key)
+		}
+		of.f.Close()
+		of.mu.Unlock()
+	}
+}
