@@ -26,19 +26,24 @@ type initFlags struct {
 func newInitCmd(g *globals) *cobra.Command {
 	f := &initFlags{}
 	cmd := &cobra.Command{
-		Use:   "init [--kms local] [--key REF] [--keyring PATH] [--chunk-size N] CIPHERDIR",
+		Use:   "init [--kms local|aws] [--key REF] [--keyring PATH] [--aws-region R] [--aws-endpoint URL] [--aws-profile P] [--chunk-size N] CIPHERDIR",
 		Short: "create a new cipher directory",
 		Long: `init creates CIPHERDIR (which must not exist or be empty) as a kmsfs cipher
 directory. With the local provider it opens the keyring, creating it when
 missing (the passphrase is asked twice on a terminal), and uses --key, or
-alias/kmsfs/default, creating that key when the keyring has none.`,
+alias/kmsfs/default, creating that key when the keyring has none.
+
+With --kms aws, --key names an existing symmetric AWS KMS key (key ID, key
+ARN, alias/NAME or alias ARN). init checks it with DescribeKey and a
+GenerateDataKey/Decrypt round trip, and records its ARN, the region, the
+endpoint and the profile in kmsfs.conf, so later commands need no AWS flags.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runInit(cmd.Context(), g, f, args[0], cmd.OutOrStdout())
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.kms, "kms", cipherdir.ProviderLocal, "KMS provider: local")
+	fl.StringVar(&f.kms, "kms", cipherdir.ProviderLocal, "KMS provider: local or aws")
 	fl.StringVar(&f.key, "key", "", "master key: key ID, ARN or alias (default alias/kmsfs/default, created if missing)")
 	fl.Int64Var(&f.chunkSize, "chunk-size", 4096, "plaintext bytes per chunk: a power of two, 4096..1048576")
 	return cmd
@@ -115,10 +120,18 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 		return err
 	}
 	spec := providerSpec{kind: f.kms, create: true}
-	if f.kms == cipherdir.ProviderLocal {
+	switch f.kms {
+	case cipherdir.ProviderLocal:
 		if spec.keyringPath, err = keyringPath(g); err != nil {
 			return err
 		}
+	case cipherdir.ProviderAWS:
+		if f.key == "" {
+			return usagef("--kms aws needs --key REF: a key ID, key ARN, alias/NAME or alias ARN of a symmetric AWS KMS key")
+		}
+		spec.aws = g.aws.resolve(awsFlags{}, f.key)
+	default:
+		return usagef("unknown KMS provider %q: use local or aws", f.kms)
 	}
 	// From here on every failure undoes what this call made.
 	p, err := openProvider(spec, newPassSource(g))
@@ -151,6 +164,12 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	if md, err = describeUsable(ctx, p, ref, p.where()); err != nil {
 		return err
 	}
+	switch {
+	case !md.Symmetric:
+		return fmt.Errorf("key %s (%s) is asymmetric: kmsfs wraps data keys with GenerateDataKey, which needs a symmetric key (key spec SYMMETRIC_DEFAULT): choose or create one", ref, md.ARN)
+	case !md.EncryptDecrypt:
+		return fmt.Errorf("key %s (%s) is not for encryption (key usage is not ENCRYPT_DECRYPT): choose or create a key with usage ENCRYPT_DECRYPT", ref, md.ARN)
+	}
 
 	fsid, err := cipherdir.NewFilesystemID(rand.Reader)
 	if err != nil {
@@ -161,6 +180,9 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 		keyringAbs = p.keyringPath
 	}
 	conf := cipherdir.New(fsid, spec.kind, ref, md.ARN, keyringAbs, shift)
+	if spec.kind == cipherdir.ProviderAWS {
+		conf.AWSRegion, conf.AWSEndpoint, conf.AWSProfile = spec.aws.region, spec.aws.endpoint, spec.aws.profile
+	}
 	if err := conf.Validate(); err != nil {
 		return fmt.Errorf("new kmsfs.conf: %w", err)
 	}

@@ -35,6 +35,7 @@ func usagef(format string, args ...any) error {
 type globals struct {
 	keyring        string
 	passphraseFile string
+	aws            awsFlags
 }
 
 func main() {
@@ -87,7 +88,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Short: "an envelope-encrypted FUSE filesystem",
 		Long: `kmsfs keeps a directory encrypted at rest with envelope encryption: every
 file has its own data key, wrapped by a master key held in a KMS (the
-embedded local keyring, or AWS KMS later). Mount a cipher directory to see
+embedded local keyring, or AWS KMS). Mount a cipher directory to see
 and edit its plain view.
 
 The local keyring's passphrase is read from --passphrase-file, else
@@ -113,6 +114,9 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.keyring, "keyring", "", "path of the local keyring (default $KMSFS_KEYRING, else ~/.config/kmsfs/keyring.json)")
 	pf.StringVar(&g.passphraseFile, "passphrase-file", "", "read the keyring passphrase from this file (first line)")
+	pf.StringVar(&g.aws.region, "aws-region", "", "aws provider: region (default $AWS_REGION, else kmsfs.conf, else the key ARN's)")
+	pf.StringVar(&g.aws.endpoint, "aws-endpoint", "", "aws provider: KMS endpoint URL, e.g. for local-kms or LocalStack (default $AWS_ENDPOINT_URL_KMS, else kmsfs.conf)")
+	pf.StringVar(&g.aws.profile, "aws-profile", "", "aws provider: shared config profile (default $AWS_PROFILE, else kmsfs.conf)")
 
 	root.AddCommand(
 		newInitCmd(g),

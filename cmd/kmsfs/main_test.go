@@ -270,7 +270,7 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"status", "--frob", "x"}, exitUsage, "unknown flag"},
 		{"missing arg", []string{"mount", "x"}, exitUsage, "takes 2 argument(s)"},
 		{"bad chunk size", []string{"init", "--chunk-size", "100", filepath.Join(base, "c")}, exitUsage, "--chunk-size 100"},
-		{"aws not built", []string{"init", "--kms", "aws", filepath.Join(base, "c")}, exitFail, "the aws provider is not built yet"},
+		{"aws without key", []string{"init", "--kms", "aws", filepath.Join(base, "c")}, exitUsage, "--kms aws needs --key"},
 		{"not a cipher dir", []string{"status", base}, exitFail, "is not a kmsfs cipher directory: run kmsfs init"},
 		{"missing keyring", []string{"keys", "list"}, exitFail, "not found"},
 	}

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -129,11 +128,8 @@ func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, erro
 	if err := checkMountpoint(t.mountpoint, t.cipherDir, mounts); err != nil {
 		return t, err
 	}
-	t.spec = providerSpecOf(t.conf)
-	if g.keyring != "" { // an explicit --keyring wins over kmsfs.conf (a moved keyring)
-		if t.spec.keyringPath, err = filepath.Abs(g.keyring); err != nil {
-			return t, err
-		}
+	if t.spec, err = providerSpecOf(g, t.conf); err != nil {
+		return t, err
 	}
 	return t, nil
 }
@@ -248,6 +244,11 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 	args := []string{"mount", "--foreground", "--passphrase-fd", "3", "--ready-fd", "4"}
 	if t.spec.keyringPath != "" {
 		args = append(args, "--keyring", t.spec.keyringPath)
+	}
+	for flag, v := range map[string]string{"--aws-region": t.spec.aws.region, "--aws-endpoint": t.spec.aws.endpoint, "--aws-profile": t.spec.aws.profile} {
+		if v != "" {
+			args = append(args, flag, v)
+		}
 	}
 	if f.readOnly {
 		args = append(args, "--ro")
@@ -404,7 +405,9 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 			log.Warn("close key manager", "error", cerr)
 		}
 	}()
-	mgr.Start(ctx)
+	if !f.readOnly { // a read-only mount creates no file: no data keys ahead
+		mgr.Start(ctx)
+	}
 
 	server, err := kfs.Mount(t.mountpoint, kfs.Options{
 		CipherDir: t.cipherDir,

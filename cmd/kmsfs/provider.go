@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -18,7 +19,32 @@ const envKeyring = "KMSFS_KEYRING"
 // defaultKeyAlias is the key init uses, and creates, when --key is not given.
 const defaultKeyAlias = "alias/kmsfs/default"
 
-var errAWSNotBuilt = errors.New("the aws provider is not built yet: use --kms local")
+// awsFlags are the --aws-* flags; empty means not given.
+type awsFlags struct {
+	region, endpoint, profile string
+}
+
+// firstSet returns the first non-empty value.
+func firstSet(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// resolve applies the precedence flag > standard AWS environment >
+// kmsfs.conf (> the key ARN's region), so a cipher directory mounts with no
+// AWS flags yet each can still be overridden.
+func (f awsFlags) resolve(conf awsFlags, keyARN string) awsFlags {
+	arnRegion, _ := keymgr.AWSRegionFromARN(keyARN)
+	return awsFlags{
+		region:   firstSet(f.region, os.Getenv("AWS_REGION"), os.Getenv("AWS_DEFAULT_REGION"), conf.region, arnRegion),
+		endpoint: firstSet(f.endpoint, os.Getenv("AWS_ENDPOINT_URL_KMS"), os.Getenv("AWS_ENDPOINT_URL"), conf.endpoint),
+		profile:  firstSet(f.profile, os.Getenv("AWS_PROFILE"), conf.profile),
+	}
+}
 
 // keyringPath is --keyring, else $KMSFS_KEYRING, else the default, made absolute.
 func keyringPath(g *globals) (string, error) {
@@ -42,6 +68,7 @@ type providerSpec struct {
 	kind        string // cipherdir.ProviderLocal or cipherdir.ProviderAWS
 	keyringPath string // local: absolute keyring path
 	create      bool   // local: create the keyring when it does not exist
+	aws         awsFlags // aws: region, endpoint, profile, already resolved
 }
 
 // openedProvider is an open KMS and what must be closed with it.
@@ -51,6 +78,7 @@ type openedProvider struct {
 	keyringPath    string
 	createdKeyring bool // this call created the keyring file
 	createdDir     bool // ... and its directory
+	awsWhere       awsFlags // aws only: where the KMS is, for messages
 }
 
 // Close zeroes the keyring's key material.
@@ -78,10 +106,22 @@ func openProvider(spec providerSpec, pass passSource) (*openedProvider, error) {
 	case cipherdir.ProviderLocal:
 		return openLocal(spec, pass)
 	case cipherdir.ProviderAWS:
-		return nil, errAWSNotBuilt
+		return openAWS(spec)
 	default:
-		return nil, usagef("unknown KMS provider %q: use local", spec.kind)
+		return nil, usagef("unknown KMS provider %q: use local or aws", spec.kind)
 	}
+}
+
+func openAWS(spec providerSpec) (*openedProvider, error) {
+	p, err := keymgr.NewAWSProvider(context.Background(), keymgr.AWSOptions{
+		Region:   spec.aws.region,
+		Endpoint: spec.aws.endpoint,
+		Profile:  spec.aws.profile,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: set --aws-region (or AWS_REGION), --aws-endpoint and --aws-profile as needed", err)
+	}
+	return &openedProvider{Provider: p, awsWhere: spec.aws}, nil
 }
 
 func openLocal(spec providerSpec, pass passSource) (*openedProvider, error) {
@@ -136,8 +176,13 @@ func keyringError(path string, err error) error {
 	return fmt.Errorf("keyring %s: %w", path, err)
 }
 
-// keyError turns a key lookup error into a cause and a fix.
+// keyError turns a key lookup error into a cause and a fix. The aws
+// provider's errors already name their fix (an aws CLI command, a policy),
+// so they pass through; the local provider's fixes are kmsfs commands.
 func keyError(ref, where string, err error) error {
+	if !strings.HasPrefix(where, "keyring ") {
+		return fmt.Errorf("key %s in %s: %w", ref, where, err)
+	}
 	switch {
 	case errors.Is(err, keymgr.ErrKeyNotFound):
 		return fmt.Errorf("key %s not found in %s: see kmsfs keys list, or create it with kmsfs keys create --alias NAME", ref, where)
@@ -168,9 +213,23 @@ func describeUsable(ctx context.Context, p keymgr.Provider, ref, where string) (
 	return md, nil
 }
 
-// providerSpecOf is the spec that opens a cipher directory's provider.
-func providerSpecOf(c cipherdir.Config) providerSpec {
-	return providerSpec{kind: c.Provider, keyringPath: c.Keyring}
+// providerSpecOf is the spec that opens a cipher directory's provider:
+// kmsfs.conf's, with the command line's --keyring (a moved keyring) and
+// --aws-* flags and the AWS environment taking precedence.
+func providerSpecOf(g *globals, c cipherdir.Config) (providerSpec, error) {
+	spec := providerSpec{kind: c.Provider, keyringPath: c.Keyring}
+	if c.Provider == cipherdir.ProviderAWS {
+		spec.aws = g.aws.resolve(awsFlags{region: c.AWSRegion, endpoint: c.AWSEndpoint, profile: c.AWSProfile}, c.KeyARN)
+		return spec, nil
+	}
+	if g.keyring != "" {
+		abs, err := filepath.Abs(g.keyring)
+		if err != nil {
+			return spec, fmt.Errorf("keyring path %s: %w", g.keyring, err)
+		}
+		spec.keyringPath = abs
+	}
+	return spec, nil
 }
 
 // where names the key store in messages.
@@ -178,5 +237,8 @@ func (o *openedProvider) where() string {
 	if o.keyring != nil {
 		return "keyring " + o.keyringPath
 	}
-	return o.Name() + " KMS"
+	if o.awsWhere.endpoint != "" {
+		return "AWS KMS at " + o.awsWhere.endpoint
+	}
+	return "AWS KMS in " + firstSet(o.awsWhere.region, "the default region")
 }

@@ -63,10 +63,16 @@ type Config struct {
 	// KeyARN is what Key resolved to at init; new files are wrapped under it.
 	KeyARN string `json:"key_arn"`
 	// Keyring is the absolute path of the local provider's keyring.
-	Keyring    string          `json:"keyring,omitempty"`
-	ChunkShift uint8           `json:"chunk_shift"`
-	SlotShift  uint8           `json:"slot_shift"`
-	Features   map[string]bool `json:"features"`
+	Keyring string `json:"keyring,omitempty"`
+	// AWSRegion, AWSEndpoint and AWSProfile are what init was given for
+	// the aws provider, so later commands need no AWS flags; flags and the
+	// standard AWS environment override them.
+	AWSRegion   string          `json:"aws_region,omitempty"`
+	AWSEndpoint string          `json:"aws_endpoint,omitempty"`
+	AWSProfile  string          `json:"aws_profile,omitempty"`
+	ChunkShift  uint8           `json:"chunk_shift"`
+	SlotShift   uint8           `json:"slot_shift"`
+	Features    map[string]bool `json:"features"`
 }
 
 // NewFilesystemID returns 128 random bits as 32 lowercase hex characters.
@@ -119,7 +125,13 @@ func (c Config) Validate() error {
 		if c.Keyring == "" || !filepath.IsAbs(c.Keyring) {
 			return fmt.Errorf("%w: provider local needs keyring, an absolute path, got %q", ErrBadConfig, c.Keyring)
 		}
+		if c.AWSRegion != "" || c.AWSEndpoint != "" || c.AWSProfile != "" {
+			return fmt.Errorf("%w: provider local takes no aws_region, aws_endpoint or aws_profile", ErrBadConfig)
+		}
 	case ProviderAWS:
+		if c.Keyring != "" {
+			return fmt.Errorf("%w: provider aws takes no keyring, got %q", ErrBadConfig, c.Keyring)
+		}
 	default:
 		return fmt.Errorf("%w: provider must be %q or %q, got %q", ErrBadConfig, ProviderLocal, ProviderAWS, c.Provider)
 	}
