@@ -65,9 +65,9 @@ func keyringPath(g *globals) (string, error) {
 // providerSpec says which KMS to open. It is the one place a provider is
 // chosen: the aws provider slots in here.
 type providerSpec struct {
-	kind        string // cipherdir.ProviderLocal or cipherdir.ProviderAWS
-	keyringPath string // local: absolute keyring path
-	create      bool   // local: create the keyring when it does not exist
+	kind        string   // cipherdir.ProviderLocal or cipherdir.ProviderAWS
+	keyringPath string   // local: absolute keyring path
+	create      bool     // local: create the keyring when it does not exist
 	aws         awsFlags // aws: region, endpoint, profile, already resolved
 }
 
@@ -76,8 +76,8 @@ type openedProvider struct {
 	keymgr.Provider
 	keyring        *keymgr.Keyring // local only
 	keyringPath    string
-	createdKeyring bool // this call created the keyring file
-	createdDir     bool // ... and its directory
+	createdKeyring bool     // this call created the keyring file
+	createdDir     bool     // ... and its directory
 	awsWhere       awsFlags // aws only: where the KMS is, for messages
 }
 
