@@ -213,16 +213,45 @@ func (a *auditingProvider) DescribeKey(ctx context.Context, keyRef string) (KeyM
 }
 
 // ReadAudit parses an audit log. Blank lines are skipped; a last line
-// without its newline that does not parse is a write torn by a crash and is
-// ignored. Any other bad line is an error naming its number, returned with
-// the records before it. Fuzzed by FuzzReadAudit.
+// without its newline that does not parse is a write torn by a crash (or
+// still being written) and is ignored. Any other bad line is an error
+// naming its number, returned with the records before it. Fuzzed by
+// FuzzReadAudit.
 func ReadAudit(r io.Reader) ([]AuditRecord, error) {
-	br := bufio.NewReader(r)
 	var out []AuditRecord
+	err := scanAudit(r, func(rec AuditRecord) { out = append(out, rec) })
+	return out, err
+}
+
+// CountAuditOps counts the calls recorded in the audit log at path per op
+// ("GenerateDataKey", "Decrypt", "ReEncrypt", "DescribeKey"), whatever
+// their outcome; every op of the four is in the map, 0 when absent or when
+// there is no log yet. It streams the log, so a running mount may be
+// appending to it. On a bad line it returns the counts before it and an
+// error naming the line.
+func CountAuditOps(path string) (map[string]int, error) {
+	counts := map[string]int{AuditGenerateDataKey: 0, AuditDecrypt: 0, AuditReEncrypt: 0, AuditDescribeKey: 0}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return counts, nil
+	}
+	if err != nil {
+		return counts, fmt.Errorf("open audit log: %w", err)
+	}
+	defer f.Close()
+	if err := scanAudit(f, func(rec AuditRecord) { counts[rec.Op]++ }); err != nil {
+		return counts, fmt.Errorf("%s: %w", path, err)
+	}
+	return counts, nil
+}
+
+// scanAudit calls fn for each record of an audit log, by ReadAudit's rules.
+func scanAudit(r io.Reader, fn func(AuditRecord)) error {
+	br := bufio.NewReader(r)
 	for n := 1; ; n++ {
 		line, err := br.ReadBytes('\n')
 		if err != nil && err != io.EOF {
-			return out, fmt.Errorf("read audit log: %w", err)
+			return fmt.Errorf("read audit log: %w", err)
 		}
 		last := err == io.EOF
 		if t := bytes.TrimSpace(line); len(t) > 0 {
@@ -235,14 +264,14 @@ func ReadAudit(r io.Reader) ([]AuditRecord, error) {
 			}
 			if perr != nil {
 				if last {
-					return out, nil // torn last line
+					return nil // torn last line
 				}
-				return out, fmt.Errorf("audit log line %d: %v", n, perr)
+				return fmt.Errorf("audit log line %d: %v", n, perr)
 			}
-			out = append(out, rec)
+			fn(rec)
 		}
 		if last {
-			return out, nil
+			return nil
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -305,6 +306,74 @@ func TestReadAudit(t *testing.T) {
 		t.Errorf("ReadAudit of a failing reader: got nil error, want one")
 	}
 }
+
+func TestCountAuditOps(t *testing.T) {
+	rec := func(op, outcome string) string {
+		return `{"time":"2026-11-27T12:00:00Z","op":"` + op + `","key_arn":"k","file_id":"f","outcome":"` + outcome + `","latency_ms":1}` + "\n"
+	}
+	zero := map[string]int{"GenerateDataKey": 0, "Decrypt": 0, "ReEncrypt": 0, "DescribeKey": 0}
+	tests := []struct {
+		name    string
+		log     *string // nil: no log file
+		want    map[string]int
+		wantErr bool
+	}{
+		{"no log", nil, zero, false},
+		{"empty", countLog(""), zero, false},
+		{"every op and outcome",
+			countLog(rec("DescribeKey", "ok") + rec("GenerateDataKey", "ok") + rec("GenerateDataKey", "KMSUnavailable") +
+				rec("Decrypt", "ok") + rec("Decrypt", "InvalidCiphertext") + rec("Decrypt", "ok") + rec("ReEncrypt", "ok")),
+			map[string]int{"GenerateDataKey": 2, "Decrypt": 3, "ReEncrypt": 1, "DescribeKey": 1}, false},
+		{"torn last line", countLog(rec("Decrypt", "ok") + rec("Decrypt", "ok")[:30]),
+			map[string]int{"GenerateDataKey": 0, "Decrypt": 1, "ReEncrypt": 0, "DescribeKey": 0}, false},
+		{"bad line", countLog(rec("Decrypt", "ok") + "garbage\n" + rec("Decrypt", "ok")),
+			map[string]int{"GenerateDataKey": 0, "Decrypt": 1, "ReEncrypt": 0, "DescribeKey": 0}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.log")
+			if tt.log != nil {
+				if err := os.WriteFile(path, []byte(*tt.log), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := CountAuditOps(path)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("CountAuditOps error: got %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "line 2") {
+				t.Errorf("CountAuditOps error %q does not name line 2", err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("counts: got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Counted from a log the AuditingProvider wrote.
+	k, _ := newTestKeyring(t)
+	a := mustCreateKey(t, k, "a", "alias/a")
+	log, path := openTestAudit(t)
+	p := NewAuditingProvider(NewLocalProvider(k), log, nil)
+	ctx := context.Background()
+	ec := EncryptionContext{ContextFilesystem: "fs", ContextFile: "f"}
+	dk, err := p.GenerateDataKey(ctx, a.ARN, ec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := p.Decrypt(ctx, a.ARN, dk.Ciphertext, ec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _ = p.DescribeKey(ctx, "alias/missing")
+	got, err := CountAuditOps(path)
+	if want := map[string]int{"GenerateDataKey": 1, "Decrypt": 3, "ReEncrypt": 0, "DescribeKey": 1}; err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("counts of a written log: got %v, %v; want %v", got, err, want)
+	}
+}
+
+// countLog is a TestCountAuditOps log text.
+func countLog(s string) *string { return &s }
 
 type errReader struct{}
 

@@ -25,8 +25,10 @@ package keymgr
 // commands open it read-only (a shared lock).
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -328,6 +330,84 @@ func (ix *Index) Count() (int, error) {
 		return 0, fmt.Errorf("index count: %w", err)
 	}
 	return n, nil
+}
+
+// Backup writes every entry of the index to w as a badger backup stream
+// (DB.Backup: length-prefixed protobuf KV lists), from one consistent
+// snapshot. It works on a read-only index.
+func (ix *Index) Backup(w io.Writer) error {
+	err := ix.use(func(db *badger.DB) error {
+		_, err := db.Backup(w, 0)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("back up header index %s: %w", ix.dir, err)
+	}
+	return nil
+}
+
+// maxBackupFrame bounds one length-prefixed frame of a backup stream that
+// Load accepts. Badger writes lists of at most a few MiB; a bigger length
+// is damage, and badger would try to allocate it.
+const maxBackupFrame = 256 << 20
+
+// Load adds the entries of a Backup stream to the index (an entry of the
+// same file ID is replaced). A stream that is not a badger backup, or that
+// holds a key or value that is not a header index entry, is refused with
+// an error wrapping ErrIndexCorrupt; entries before the damage may already
+// be written, so callers load into a scratch index first. The index must
+// be writable.
+func (ix *Index) Load(r io.Reader) error {
+	if ix.readOnly {
+		return fmt.Errorf("load into header index %s: opened read-only", ix.dir)
+	}
+	err := ix.use(func(db *badger.DB) (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("badger panicked: %v", p)
+			}
+		}()
+		return db.Load(&frameGuard{r: r}, 256)
+	})
+	if err != nil {
+		return fmt.Errorf("load into header index %s: %w: %w", ix.dir, ErrIndexCorrupt, err)
+	}
+	// Every loaded entry must be one of ours.
+	if err := ix.ForEach(func(crypto.Header) error { return nil }); err != nil {
+		return fmt.Errorf("load into header index %s: %w", ix.dir, err)
+	}
+	return nil
+}
+
+// frameGuard passes a backup stream through, refusing frame lengths
+// above maxBackupFrame before badger allocates them.
+type frameGuard struct {
+	r    io.Reader
+	hdr  [8]byte
+	hdrN int    // bytes of the current length prefix read so far
+	left uint64 // bytes of the current frame's body still to pass
+}
+
+func (g *frameGuard) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if g.left == 0 {
+		n, err := g.r.Read(p[:min(len(p), len(g.hdr)-g.hdrN)])
+		copy(g.hdr[g.hdrN:], p[:n])
+		g.hdrN += n
+		if g.hdrN == len(g.hdr) {
+			g.hdrN = 0
+			g.left = binary.LittleEndian.Uint64(g.hdr[:])
+			if g.left > maxBackupFrame {
+				return n, fmt.Errorf("backup frame of %d bytes, more than %d: not a header index backup", g.left, maxBackupFrame)
+			}
+		}
+		return n, err
+	}
+	n, err := g.r.Read(p[:min(uint64(len(p)), g.left)])
+	g.left -= uint64(n)
+	return n, err
 }
 
 // gcLoop runs value-log GC every indexGCInterval until Close. With values

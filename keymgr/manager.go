@@ -26,18 +26,25 @@ import (
 // How often the Manager sweeps expired keys out of the DEK cache.
 const maxSweepInterval = time.Minute
 
-// ManagerOptions configures NewManager. Provider, Index and Cache are
-// required and stay the caller's (Manager.Close does not close them).
+// ManagerOptions configures NewManager. Provider and Cache are required;
+// they and Index stay the caller's (Manager.Close does not close them).
+// Index may be nil for offline readers that cannot open it (the mount holds
+// its lock): every open then reads the file's header mirror, and nothing is
+// written to an index.
 type ManagerOptions struct {
 	FilesystemID string        // kmsfs.conf filesystem_id; part of every encryption context
 	KeyARN       string        // CMK that wraps new files' keys (kmsfs.conf key_arn)
 	Provider     Provider      // KMS
-	Index        *Index        // header index
+	Index        *Index        // header index; nil: read the header mirrors, write no index
 	Cache        *Cache        // DEK cache
 	PoolSize     int           // 0: DefaultPoolSize
 	Layout       crypto.Layout // the filesystem's geometry
 	Rand         io.Reader     // nil: crypto/rand.Reader
 	Logger       *slog.Logger  // nil: discard
+	// KeyEpoch is stamped into the key version of new files' wrapped keys
+	// when the provider shows no version (aws: kmsfs.conf rewrap_epoch,
+	// see rewrap.go); the local provider's real versions are kept.
+	KeyEpoch uint32
 }
 
 // KMSCallStats counts the provider calls a Manager made.
@@ -84,6 +91,8 @@ type Manager struct {
 	inflight map[crypto.FileID]*unwrapCall
 	closed   bool
 	started  bool
+	startCtx context.Context // Start's ctx, for a pool replaced by SetWrapKey
+	epoch    uint32          // ManagerOptions.KeyEpoch; SetWrapKey changes it
 	stop     chan struct{}
 	done     chan struct{}
 
@@ -108,8 +117,6 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 		return nil, errors.New("key manager: key ARN is empty")
 	case o.Provider == nil:
 		return nil, errors.New("key manager: no provider")
-	case o.Index == nil:
-		return nil, errors.New("key manager: no header index")
 	case o.Cache == nil:
 		return nil, errors.New("key manager: no DEK cache")
 	case o.PoolSize < 0:
@@ -133,6 +140,7 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	m := &Manager{
 		fsID:     o.FilesystemID,
 		keyARN:   o.KeyARN,
+		epoch:    o.KeyEpoch,
 		provider: o.Provider,
 		index:    o.Index,
 		cache:    o.Cache,
@@ -167,6 +175,7 @@ func (m *Manager) Start(ctx context.Context) {
 		return
 	}
 	m.started = true
+	m.startCtx = ctx
 	m.pool.start(ctx)
 	m.stop = make(chan struct{})
 	m.done = make(chan struct{})
@@ -201,7 +210,7 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 	}
 	var dek [crypto.DEKSize]byte
 	defer crypto.Zero(dek[:])
-	k, err := m.pool.take(ctx, dek[:])
+	k, err := m.takeKey(ctx, dek[:])
 	if err != nil {
 		return crypto.Header{}, nil, fmt.Errorf("new file key: %w", err)
 	}
@@ -214,8 +223,10 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 	if err != nil {
 		return crypto.Header{}, nil, fmt.Errorf("new file %s: %w", k.ID, err)
 	}
-	if err := m.index.Put(h); err != nil {
-		return crypto.Header{}, nil, fmt.Errorf("new file %s: %w", k.ID, err)
+	if m.index != nil {
+		if err := m.index.Put(h); err != nil {
+			return crypto.Header{}, nil, fmt.Errorf("new file %s: %w", k.ID, err)
+		}
 	}
 	m.cache.Put(k.ID, dek[:])
 	return h, c, nil
@@ -317,8 +328,15 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 	var dek [crypto.DEKSize]byte
 	defer crypto.Zero(dek[:])
 
-	h, idxErr := m.index.Get(id)
-	if idxErr != nil {
+	if m.index == nil {
+		mh, err := readMirror()
+		if err != nil {
+			return nil, fmt.Errorf("open file %s: %w", id, err)
+		}
+		if err := m.unwrap(ctx, mh, dek[:]); err != nil {
+			return nil, err
+		}
+	} else if h, idxErr := m.index.Get(id); idxErr != nil {
 		mh, err := readMirror()
 		if err != nil {
 			return nil, fmt.Errorf("open file %s: %w (index: %w)", id, err, idxErr)
@@ -392,7 +410,7 @@ func (m *Manager) unwrap(ctx context.Context, h crypto.Header, dek []byte) error
 // heal rewrites the index entry of h.FileID from the file's header mirror.
 // A failure only costs the next open another mirror read, so it is logged.
 func (m *Manager) heal(h crypto.Header, cause error) {
-	if m.index.ReadOnly() {
+	if m.index == nil || m.index.ReadOnly() {
 		return
 	}
 	if err := m.index.Put(h); err != nil {
@@ -421,6 +439,9 @@ func sameHeader(a, b crypto.Header) bool {
 // deleted).
 func (m *Manager) Forget(ctx context.Context, id crypto.FileID) error {
 	m.cache.Drop(id)
+	if m.index == nil {
+		return nil
+	}
 	if err := m.index.Delete(id); err != nil {
 		return fmt.Errorf("forget file %s: %w", id, err)
 	}
@@ -430,6 +451,7 @@ func (m *Manager) Forget(ctx context.Context, id crypto.FileID) error {
 // Stats reports the cache, pool and KMS counters.
 func (m *Manager) Stats() ManagerStats {
 	cs := m.cache.Stats()
+	pool := m.currentPool()
 	return ManagerStats{
 		CacheEntries:      cs.Entries,
 		CacheCapacity:     cs.Capacity,
@@ -438,12 +460,12 @@ func (m *Manager) Stats() ManagerStats {
 		CacheMisses:       cs.Misses,
 		CacheEvictions:    cs.Evictions,
 		CacheExpirations:  cs.Expirations,
-		PoolReady:         m.pool.readyCount(),
-		PoolSize:          m.pool.o.Size,
-		PoolGenerated:     m.pool.generated.Load(),
-		PoolTaken:         m.pool.taken.Load(),
-		PoolSyncFallbacks: m.pool.fallbacks.Load(),
-		PoolRefillErrors:  m.pool.refillErrors.Load(),
+		PoolReady:         pool.readyCount(),
+		PoolSize:          pool.o.Size,
+		PoolGenerated:     pool.generated.Load(),
+		PoolTaken:         pool.taken.Load(),
+		PoolSyncFallbacks: pool.fallbacks.Load(),
+		PoolRefillErrors:  pool.refillErrors.Load(),
 		IndexHeals:        m.heals.Load(),
 		KMSCalls: KMSCallStats{
 			GenerateDataKey: m.kms.generate.Load(),
@@ -469,7 +491,7 @@ func (m *Manager) Close() error {
 		close(m.stop)
 		<-m.done
 	}
-	err := m.pool.close()
+	err := m.currentPool().close()
 	m.cache.Purge()
 	if err != nil {
 		return fmt.Errorf("close key manager: %w", err)

@@ -605,7 +605,7 @@ func TestNewManagerOptions(t *testing.T) {
 		{name: "no filesystem ID", edit: func(o *ManagerOptions) { o.FilesystemID = "" }, wantErr: true},
 		{name: "no key", edit: func(o *ManagerOptions) { o.KeyARN = "" }, wantErr: true},
 		{name: "no provider", edit: func(o *ManagerOptions) { o.Provider = nil }, wantErr: true},
-		{name: "no index", edit: func(o *ManagerOptions) { o.Index = nil }, wantErr: true},
+		{name: "no index (offline reader)", edit: func(o *ManagerOptions) { o.Index = nil }},
 		{name: "no cache", edit: func(o *ManagerOptions) { o.Cache = nil }, wantErr: true},
 		{name: "negative pool", edit: func(o *ManagerOptions) { o.PoolSize = -1 }, wantErr: true},
 		{name: "bad layout", edit: func(o *ManagerOptions) { o.Layout = crypto.Layout{ChunkShift: 3, SlotShift: 9} }, wantErr: true},

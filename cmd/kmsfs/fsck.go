@@ -129,14 +129,14 @@ func runFsck(arg string, repair bool, out, errw io.Writer) error {
 	var bar *progressbar.ProgressBar
 	if f, ok := errw.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		n := 0
-		_ = walkCipherFiles(dir, func(string, string, fs.DirEntry) error { n++; return nil })
+		_ = cipherdir.WalkFiles(dir, func(string, string, fs.DirEntry) error { n++; return nil })
 		if n > progressThreshold {
 			bar = progressbar.NewOptions(n, progressbar.OptionSetWriter(errw),
 				progressbar.OptionSetDescription("fsck"), progressbar.OptionShowCount(),
 				progressbar.OptionClearOnFinish())
 		}
 	}
-	err = walkCipherFiles(dir, func(path, rel string, d fs.DirEntry) error {
+	err = cipherdir.WalkFiles(dir, func(path, rel string, d fs.DirEntry) error {
 		if bar != nil {
 			bar.Add(1)
 		}
@@ -218,6 +218,12 @@ func (r *fsckRun) checkFile(path, rel string) {
 			return // another hard link of a file already checked
 		}
 		r.inodes[key] = true
+	}
+	// A 0-byte file is an empty file without a header yet (a create cut
+	// short by a crash, or mknod): the mount reads it as empty and gives
+	// it a header on its first write.
+	if fi.Size() == 0 {
+		return
 	}
 
 	p, err := cipherfile.ReadPreamble(f)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,7 +56,7 @@ func TestInitStatusFsckOffline(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v in %q", err, out)
 	}
-	wantKeys := []string{"cipherdir", "filesystem_id", "provider", "key", "key_arn", "mounted", "source", "files", "keys"}
+	wantKeys := []string{"cipherdir", "filesystem_id", "provider", "key", "key_arn", "mounted", "source", "files", "keys", "kms_calls"}
 	if len(st) != len(wantKeys) {
 		t.Errorf("status --json fields: got %d, want %d (%v)", len(st), len(wantKeys), st)
 	}
@@ -66,6 +67,15 @@ func TestInitStatusFsckOffline(t *testing.T) {
 	}
 	if st["source"] != "index" || st["mounted"] != false || st["files"] != float64(0) || st["key_arn"] != conf.KeyARN {
 		t.Errorf("status --json: got %v", st)
+	}
+	// init's round trip: one GenerateDataKey and one Decrypt (its
+	// DescribeKey comes before the audit log exists).
+	wantCalls := map[string]any{"GenerateDataKey": float64(1), "Decrypt": float64(1), "ReEncrypt": float64(0), "DescribeKey": float64(0)}
+	if got := st["kms_calls"]; fmt.Sprint(got) != fmt.Sprint(wantCalls) {
+		t.Errorf("status --json kms_calls: got %v, want %v", got, wantCalls)
+	}
+	if code, out, _ := kmsfs("status", c); code != 0 || !strings.Contains(out, "kms calls: GenerateDataKey 1, Decrypt 1, ReEncrypt 0, DescribeKey 0") {
+		t.Errorf("status: exit %d, no kms calls line in %q", code, out)
 	}
 	if code, out, stderr := kmsfs("fsck", c); code != 0 || !strings.Contains(out, "0 findings") {
 		t.Errorf("fsck: exit %d, out %q, stderr %q", code, out, stderr)

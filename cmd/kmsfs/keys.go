@@ -96,6 +96,8 @@ the keyring at once; the key's metadata is printed.`,
 	}
 	rotate := change("rotate", "add a new version to a key: new files use it, old versions still decrypt",
 		func(k *keymgr.Keyring, ref string) (keymgr.KeyMetadata, error) { return k.Rotate(ref) })
+	// Running mounts refill their DEK pools under the new version at once.
+	rotate.PostRun = func(*cobra.Command, []string) { notifyKeyChanged() }
 	disable := change("disable", "disable a key: it neither wraps nor unwraps until enabled",
 		func(k *keymgr.Keyring, ref string) (keymgr.KeyMetadata, error) { return k.SetEnabled(ref, false) })
 	enable := change("enable", "enable a disabled key",

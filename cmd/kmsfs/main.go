@@ -125,6 +125,11 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 		newStatusCmd(g),
 		newKeysCmd(g),
 		newFsckCmd(g),
+		newRewrapCmd(g),
+		newCatCmd(g),
+		newExportCmd(g),
+		newVerifyCmd(g),
+		newIndexCmd(g),
 	)
 	return root
 }

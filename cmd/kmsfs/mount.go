@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,6 +37,7 @@ type mountFlags struct {
 	readOnly   bool
 	allowOther bool
 	fuseDebug  bool
+	cpuProfile string
 	passFD     int // background child: passphrase pipe
 	readyFD    int // background child: ready pipe
 }
@@ -61,9 +62,10 @@ stderr; SIGINT or SIGTERM unmounts cleanly.`,
 	fl.BoolVar(&f.readOnly, "ro", false, "mount read-only")
 	fl.BoolVar(&f.allowOther, "allow-other", false, "let other users see the mount (needs user_allow_other in /etc/fuse.conf unless root)")
 	fl.BoolVar(&f.fuseDebug, "fuse-debug", false, "log every FUSE request (debugging)")
+	fl.StringVar(&f.cpuProfile, "cpuprofile", "", "with -f: write a CPU profile of the mount to FILE until unmount")
 	fl.IntVar(&f.passFD, "passphrase-fd", -1, "internal: read the passphrase from this inherited fd")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "internal: report readiness on this inherited fd")
-	for _, n := range []string{"fuse-debug", "passphrase-fd", "ready-fd"} {
+	for _, n := range []string{"fuse-debug", "cpuprofile", "passphrase-fd", "ready-fd"} {
 		_ = fl.MarkHidden(n)
 	}
 	return cmd
@@ -172,6 +174,16 @@ func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer
 	}
 	pass := newPassSource(g)
 	pass.fd = f.passFD
+	if f.cpuProfile != "" {
+		if !f.foreground || child {
+			return errors.New("--cpuprofile needs -f (a foreground mount)")
+		}
+		stop, err := startCPUProfile(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if f.foreground || child {
 		err := serve(g, f, t, pass, report)
 		report(err) // no-op once reported
@@ -291,6 +303,20 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 	}
 }
 
+// startCPUProfile profiles the process until stop (performance work: see
+// docs/performance.md).
+func startCPUProfile(path string) (stop func(), err error) {
+	pf, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(pf); err != nil {
+		pf.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); pf.Close() }, nil
+}
+
 func withoutEnv(env []string, name string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
@@ -361,50 +387,27 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 		}
 	}()
 
-	p, err := openProvider(t.spec, pass)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(t.cipherDir))
-	if err != nil {
-		return fmt.Errorf("open audit log %s: %w", cipherdir.AuditPath(t.cipherDir), err)
-	}
-	defer audit.Close()
-	prov := keymgr.NewAuditingProvider(p.Provider, audit, nil)
-	if _, err := describeUsable(ctx, prov, t.conf.KeyARN, p.where()); err != nil {
-		return err
-	}
-	ix, err := openIndexHealing(t.cipherDir, log)
-	if err != nil {
-		return err
-	}
-	defer ix.Close()
-	cache, err := keymgr.NewCache(keymgr.CacheOptions{MaxEntries: cacheEntries, TTL: cacheTTL})
-	if err != nil {
-		return fmt.Errorf("DEK cache: %w", err)
-	}
-	defer cache.Close()
-	mgr, err := keymgr.NewManager(keymgr.ManagerOptions{
-		FilesystemID: t.conf.FilesystemID,
-		KeyARN:       t.conf.KeyARN,
-		Provider:     prov,
-		Index:        ix,
-		Cache:        cache,
-		PoolSize:     poolSize,
-		Layout:       t.conf.Layout(),
-		Rand:         rand.Reader,
-		Logger:       log,
+	ks, err := openKeyStack(ctx, t.cipherDir, t.conf, t.spec, pass, stackOptions{
+		index:        healingIndex,
+		cacheEntries: cacheEntries,
+		poolSize:     poolSize,
+		logger:       log,
 	})
 	if err != nil {
-		return fmt.Errorf("key manager: %w", err)
+		return err
 	}
 	defer func() {
 		cancel()
-		if cerr := mgr.Close(); cerr != nil {
-			log.Warn("close key manager", "error", cerr)
+		if cerr := ks.Close(); cerr != nil {
+			log.Warn("close key stores", "error", cerr)
 		}
 	}()
+	mgr := ks.mgr
+	if t.conf.RewrapEpoch != 0 { // aws: new files carry the rewrap epoch (rewrap.go)
+		if err := mgr.SetWrapKey(t.conf.KeyARN, t.conf.RewrapEpoch); err != nil {
+			return err
+		}
+	}
 	if !f.readOnly { // a read-only mount creates no file: no data keys ahead
 		mgr.Start(ctx)
 	}
@@ -421,7 +424,25 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 	}
 	rtDir, rerr := cipherdir.RuntimeDir()
 	if rerr == nil {
-		rerr = cipherdir.WriteMountRecord(rtDir, cipherdir.MountRecord{PID: os.Getpid(), CipherDir: t.cipherDir, Mountpoint: t.mountpoint})
+		rec := cipherdir.MountRecord{PID: os.Getpid(), CipherDir: t.cipherDir, Mountpoint: t.mountpoint}
+		// The control socket (control.go): rewrap and status while mounted.
+		ctl, cerr := startControl(controlOptions{
+			Path:      cipherdir.ControlPath(rtDir, t.mountpoint),
+			CipherDir: t.cipherDir,
+			Conf:      t.conf,
+			Provider:  keymgr.NewAuditingProvider(ks.prov.Provider, ks.audit, nil),
+			Index:     ks.index,
+			Manager:   mgr,
+			Reload:    ks.prov.keyringReloader(),
+			Logger:    log,
+		})
+		if cerr != nil {
+			log.Warn("no control socket: kmsfs rewrap and status cannot reach this mount", "error", cerr)
+		} else {
+			defer ctl.Close() // before the key stores close
+			rec.Control = ctl.path
+		}
+		rerr = cipherdir.WriteMountRecord(rtDir, rec)
 	}
 	if rerr != nil {
 		log.Warn("no mount record: kmsfs unmount will not wait for this process", "error", rerr)

@@ -206,11 +206,28 @@ func describeUsable(ctx context.Context, p keymgr.Provider, ref, where string) (
 	}
 	if md.State != keymgr.KeyEnabled {
 		if md.State == keymgr.KeyDisabled {
-			return md, keyError(ref, where, keymgr.ErrKeyDisabled)
+			return md, keyError(ref, where, fmt.Errorf("%w%s", keymgr.ErrKeyDisabled, awsStateFix(where, md)))
 		}
-		return md, keyError(ref, where, fmt.Errorf("%w: state %s", keymgr.ErrKeyInvalidState, md.State))
+		return md, keyError(ref, where, fmt.Errorf("%w: state %s%s", keymgr.ErrKeyInvalidState, md.State, awsStateFix(where, md)))
 	}
 	return md, nil
+}
+
+// awsStateFix says how to make an AWS KMS key usable again (the local
+// provider's fixes are kmsfs commands, in keyError): DescribeKey succeeds
+// on a disabled key, so no provider error carries the advice.
+func awsStateFix(where string, md keymgr.KeyMetadata) string {
+	if strings.HasPrefix(where, "keyring ") {
+		return ""
+	}
+	id := firstSet(md.ARN, md.KeyID)
+	switch md.State {
+	case keymgr.KeyDisabled:
+		return fmt.Sprintf(": enable it with `aws kms enable-key --key-id %s`", id)
+	case keymgr.KeyPendingDeletion:
+		return fmt.Sprintf(": cancel the deletion with `aws kms cancel-key-deletion --key-id %s`, then enable it with `aws kms enable-key --key-id %s`", id, id)
+	}
+	return fmt.Sprintf(": see `aws kms describe-key --key-id %s`", id)
 }
 
 // providerSpecOf is the spec that opens a cipher directory's provider:

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"text/tabwriter"
 
@@ -28,12 +27,19 @@ type statusReport struct {
 	Key          string        `json:"key"`
 	KeyARN       string        `json:"key_arn"`
 	Mounted      bool          `json:"mounted"`
-	Source       string        `json:"source"` // "index" or "headers"
+	Source       string        `json:"source"` // "index", "mount" (the mount's index) or "headers"
 	Files        int           `json:"files"`
 	Keys         []keyVersions `json:"keys"`
+	// RewrapEpoch and RewrapPending are kmsfs.conf's aws rewrap marker.
+	RewrapEpoch   uint32 `json:"rewrap_epoch,omitempty"`
+	RewrapPending bool   `json:"rewrap_pending,omitempty"`
+	// KMSCalls counts the KMS calls in .kmsfs/audit.log per op, whatever
+	// their outcome.
+	KMSCalls map[string]int `json:"kms_calls"`
 
 	unreadable int    // cipher files with no valid header (headers source only)
 	note       string // why the counts come from the headers
+	auditNote  string // why KMSCalls stops short of the end of the audit log
 }
 
 type keyVersions struct {
@@ -109,6 +115,7 @@ func statusOf(arg string) (statusReport, error) {
 	r := statusReport{
 		CipherDir: dir, FilesystemID: conf.FilesystemID, Provider: conf.Provider,
 		Key: conf.Key, KeyARN: conf.KeyARN, Source: "index",
+		RewrapEpoch: conf.RewrapEpoch, RewrapPending: conf.RewrapPending,
 	}
 	var c counter
 	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: true})
@@ -121,6 +128,15 @@ func statusOf(arg string) (statusReport, error) {
 		}
 	} else if errors.Is(err, keymgr.ErrIndexLocked) {
 		r.Mounted = true
+		// The mount holds the index: ask it (control.go).
+		if ms, cerr := mountStatusOf(dir); cerr == nil {
+			err = nil
+			r.Source = "mount"
+			c = counter{files: ms.Files, by: map[keyVersions]int{}}
+			for _, k := range ms.Keys {
+				c.by[keyVersions{KeyARN: k.KeyARN, KeyVersion: k.KeyVersion}] = k.Files
+			}
+		}
 	} else {
 		r.note = "index does not open read-only: mount once, or run kmsfs fsck --repair " + dir
 	}
@@ -132,13 +148,16 @@ func statusOf(arg string) (statusReport, error) {
 		}
 	}
 	r.Files = c.files
+	if r.KMSCalls, err = keymgr.CountAuditOps(cipherdir.AuditPath(dir)); err != nil {
+		r.auditNote = err.Error()
+	}
 	r.Keys = c.rows()
 	return r, nil
 }
 
 // countHeaders walks the cipher tree and reads each file's header mirror.
 func countHeaders(dir string, l crypto.Layout, c *counter) (unreadable int, err error) {
-	err = walkCipherFiles(dir, func(path, rel string, d fs.DirEntry) error {
+	err = cipherdir.WalkFiles(dir, func(path, rel string, d fs.DirEntry) error {
 		f, err := os.Open(path)
 		if err != nil {
 			unreadable++
@@ -156,27 +175,6 @@ func countHeaders(dir string, l crypto.Layout, c *counter) (unreadable int, err 
 	return unreadable, err
 }
 
-// walkCipherFiles calls fn for every regular file of the cipher tree,
-// skipping kmsfs.conf and .kmsfs in the root.
-func walkCipherFiles(dir string, fn func(path, rel string, d fs.DirEntry) error) error {
-	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return fmt.Errorf("walk %s: %w", path, err)
-		}
-		rel, _ := filepath.Rel(dir, path)
-		if cipherdir.IsMeta(rel) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		return fn(path, rel, d)
-	})
-}
-
 func printStatus(w io.Writer, r statusReport) {
 	yesNo := map[bool]string{true: "yes", false: "no"}
 	fmt.Fprintf(w, "cipherdir: %s\n", r.CipherDir)
@@ -185,15 +183,29 @@ func printStatus(w io.Writer, r statusReport) {
 	fmt.Fprintf(w, "key: %s\n", r.Key)
 	fmt.Fprintf(w, "key_arn: %s\n", r.KeyARN)
 	fmt.Fprintf(w, "mounted: %s\n", yesNo[r.Mounted])
+	if r.RewrapEpoch > 0 || r.RewrapPending {
+		pending := ""
+		if r.RewrapPending {
+			pending = " (unfinished: run kmsfs rewrap to finish it)"
+		}
+		fmt.Fprintf(w, "rewrap epoch: %d%s\n", r.RewrapEpoch, pending)
+	}
 	switch {
 	case r.Source == "index":
 		fmt.Fprintf(w, "counted from: index\n")
+	case r.Source == "mount":
+		fmt.Fprintf(w, "counted from: index (asked the mount)\n")
 	case r.Mounted:
 		fmt.Fprintf(w, "counted from: file headers (mounted)\n")
 	default:
 		fmt.Fprintf(w, "counted from: file headers (%s)\n", r.note)
 	}
 	fmt.Fprintf(w, "files: %d\n", r.Files)
+	fmt.Fprintf(w, "kms calls: GenerateDataKey %d, Decrypt %d, ReEncrypt %d, DescribeKey %d (from the audit log)\n",
+		r.KMSCalls[keymgr.AuditGenerateDataKey], r.KMSCalls[keymgr.AuditDecrypt], r.KMSCalls[keymgr.AuditReEncrypt], r.KMSCalls[keymgr.AuditDescribeKey])
+	if r.auditNote != "" {
+		fmt.Fprintf(w, "kms calls counted up to a damaged line: %s\n", r.auditNote)
+	}
 	if r.unreadable > 0 {
 		fmt.Fprintf(w, "unreadable: %d (no valid header: run kmsfs fsck)\n", r.unreadable)
 	}

@@ -73,6 +73,16 @@ type Config struct {
 	ChunkShift  uint8           `json:"chunk_shift"`
 	SlotShift   uint8           `json:"slot_shift"`
 	Features    map[string]bool `json:"features"`
+	// RewrapEpoch is the aws provider's rewrap marker (docs/format.md,
+	// "Rewrap epoch"): AWS KMS hides key versions, so kmsfs stores this
+	// number in the key-version field of each aws-wrapped key instead. A
+	// file whose key carries a lower epoch has not been re-encrypted by
+	// the latest full rewrap. 0 (absent) at init.
+	RewrapEpoch uint32 `json:"rewrap_epoch,omitempty"`
+	// RewrapPending is set while a full rewrap to RewrapEpoch is
+	// unfinished, so that the next run resumes it instead of starting
+	// another epoch.
+	RewrapPending bool `json:"rewrap_pending,omitempty"`
 }
 
 // NewFilesystemID returns 128 random bits as 32 lowercase hex characters.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -89,6 +90,40 @@ type MountRecord struct {
 	PID        int    `json:"pid"`
 	CipherDir  string `json:"cipherdir"`
 	Mountpoint string `json:"mountpoint"`
+	// Control is the mount's control socket (ControlPath), "" when the
+	// mount runs without one.
+	Control string `json:"control,omitempty"`
+}
+
+// ControlPath is the control socket of the mount at an absolute mount
+// point: the record's name with .sock, so it sits next to the record in
+// the 0700 runtime directory.
+func ControlPath(runtimeDir, mountpoint string) string {
+	rec := RecordPath(runtimeDir, mountpoint)
+	return strings.TrimSuffix(rec, ".json") + ".sock"
+}
+
+// FindMounts returns the records in runtimeDir of mounts of cipherDir (an
+// absolute, canonical path; "" for every cipher directory) whose process
+// is still alive.
+func FindMounts(runtimeDir, cipherDir string) []MountRecord {
+	paths, _ := filepath.Glob(filepath.Join(runtimeDir, "*.json"))
+	var out []MountRecord
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var r MountRecord
+		if json.Unmarshal(b, &r) != nil || (cipherDir != "" && r.CipherDir != cipherDir) || r.PID <= 0 {
+			continue
+		}
+		if err := syscall.Kill(r.PID, 0); err != nil && !errors.Is(err, syscall.EPERM) {
+			continue // the process is gone: a stale record
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // RecordPath is the mount record file for an absolute mount point: a hash

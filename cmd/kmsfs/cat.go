@@ -1,0 +1,252 @@
+package main
+
+// cat.go: `kmsfs cat CIPHERDIR PATH`, one file decrypted to stdout without
+// FUSE, mounted or not. It and export share openCipherFile.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
+	"github.com/kmsfs/kmsfs/keymgr"
+)
+
+func newCatCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cat CIPHERDIR PATH",
+		Short: "decrypt one file to stdout, without mounting",
+		Long: `cat decrypts the file at PATH (relative to the mount root, e.g. docs/a.txt)
+of CIPHERDIR to stdout, without FUSE: for a machine that cannot mount, or a
+quick look. It works whether or not CIPHERDIR is mounted; each file's key
+comes from its own header. A chunk that fails authentication stops the
+output there (everything before it is authentic) and exits 1.`,
+		Args: exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCat(cmd.Context(), g, args[0], args[1], cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+}
+
+func runCat(ctx context.Context, g *globals, dirArg, pathArg string, out, errw io.Writer) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ks, err := openOfflineStack(ctx, g, dirArg, errw)
+	if err != nil {
+		return err
+	}
+	defer ks.Close()
+	rel, err := plainRel(ks.conf, pathArg)
+	if err != nil {
+		return err
+	}
+	path, fi, err := resolveBeneath(ks.dir, rel)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fi.IsDir():
+		return fmt.Errorf("%s is a directory: use kmsfs export to decrypt a tree", rel)
+	case fi.Mode()&os.ModeSymlink != 0:
+		target, _ := os.Readlink(path)
+		return fmt.Errorf("%s is a symlink to %s: cat its target", rel, target)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file (%v)", rel, fi.Mode().Type())
+	}
+	cf, err := openCipherFile(ctx, ks, path, rel)
+	if err != nil {
+		return err
+	}
+	defer cf.Close()
+	_, err = cf.copyTo(out)
+	return err
+}
+
+// plainFile is an open cipher file ready to decrypt.
+type plainFile struct {
+	rel   string
+	id    crypto.FileID
+	hasID bool
+	f     *os.File
+	c     *crypto.ContentCipher // nil for an empty (0-byte) cipher file
+	cf    *cipherfile.File      // nil for an empty (0-byte) cipher file
+}
+
+func (p *plainFile) Close() error { return p.f.Close() }
+
+// fileError names a file by its plain path and file ID.
+func fileError(rel string, id crypto.FileID, hasID bool, format string, args ...any) error {
+	return fmt.Errorf("%s (file %s): %s", rel, fileIDString(id, hasID), fmt.Sprintf(format, args...))
+}
+
+// openCipherFile opens the cipher file at path and gets its key from its
+// own header mirror. A 0-byte cipher file (created, never written through
+// a writable open) is an empty file with no header.
+func openCipherFile(ctx context.Context, ks *keyStack, path, rel string) (*plainFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	p := &plainFile{rel: rel, f: f}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if fi.Size() == 0 {
+		return p, nil
+	}
+	l := ks.conf.Layout()
+	pre, err := cipherfile.ReadPreamble(f)
+	if err != nil {
+		f.Close()
+		return nil, fileError(rel, p.id, false, "not a readable cipher file: %v", unwrapCause(err))
+	}
+	p.id, p.hasID = pre.FileID, true
+	if pre.Layout() != l {
+		f.Close()
+		return nil, fileError(rel, p.id, true, "chunk/slot shift %d/%d differs from the filesystem's %d/%d",
+			pre.ChunkShift, pre.SlotShift, l.ChunkShift, l.SlotShift)
+	}
+	c, err := ks.mgr.OpenFile(ctx, p.id, func() (crypto.Header, error) {
+		h, _, err := cipherfile.ReadHeader(f, l)
+		return h, err
+	})
+	if err != nil {
+		f.Close()
+		return nil, fileError(rel, p.id, true, "cannot get its key: %v", keyOpenCause(err))
+	}
+	p.c = c
+	if p.cf, err = cipherfile.New(f, c); err != nil {
+		f.Close()
+		return nil, fileError(rel, p.id, true, "%v", err)
+	}
+	return p, nil
+}
+
+// keyOpenCause says why a file key did not open, with the fix.
+func keyOpenCause(err error) string {
+	switch {
+	case errors.Is(err, crypto.ErrNoValidHeader), errors.Is(err, crypto.ErrBadHeader):
+		return fmt.Sprintf("no valid header (%v): kmsfs fsck --repair restores it from the index when the index has it", unwrapCause(err))
+	case errors.Is(err, keymgr.ErrKeyDisabled):
+		return fmt.Sprintf("%v: enable the key that wrapped it (kmsfs keys enable)", err)
+	}
+	return err.Error()
+}
+
+// copyTo writes the plain content to w, stopping at the first chunk that
+// fails authentication.
+func (p *plainFile) copyTo(w io.Writer) (int64, error) {
+	if p.cf == nil {
+		return 0, nil
+	}
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := p.cf.ReadAt(buf, off)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return off, fmt.Errorf("write %s: %w", p.rel, werr)
+			}
+			off += int64(n)
+		}
+		if errors.Is(err, io.EOF) {
+			return off, nil
+		}
+		if err != nil {
+			var ce *cipherfile.ChunkError
+			if errors.As(err, &ce) && errors.Is(err, crypto.ErrAuth) {
+				return off, fileError(p.rel, p.id, p.hasID, "chunk %d fails authentication (damaged or tampered): run kmsfs verify for the full list", ce.Index)
+			}
+			return off, fileError(p.rel, p.id, p.hasID, "read: %v", err)
+		}
+	}
+}
+
+// xattrs reads and opens the file's user.* extended attributes (stored
+// sealed under the file's key, docs/format.md "Extended attributes"). A
+// value that fails authentication is named in bad, not returned.
+func (p *plainFile) xattrs() (values map[string][]byte, bad []string, err error) {
+	if p.c == nil {
+		return nil, nil, nil
+	}
+	fd := int(p.f.Fd())
+	names, err := listXattrs(fd)
+	if err != nil {
+		return nil, nil, fileError(p.rel, p.id, p.hasID, "list extended attributes: %v", err)
+	}
+	for _, name := range names {
+		if !strings.HasPrefix(name, "user.") {
+			continue
+		}
+		sealed, err := getXattr(fd, name)
+		if err != nil {
+			return nil, nil, fileError(p.rel, p.id, p.hasID, "read extended attribute %s: %v", name, err)
+		}
+		v, err := p.c.OpenXattr(name, sealed)
+		if err != nil {
+			bad = append(bad, name)
+			continue
+		}
+		if values == nil {
+			values = map[string][]byte{}
+		}
+		values[name] = v
+	}
+	return values, bad, nil
+}
+
+func listXattrs(fd int) ([]string, error) {
+	for {
+		sz, err := unix.Flistxattr(fd, nil)
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil, nil
+		}
+		if err != nil || sz == 0 {
+			return nil, err
+		}
+		buf := make([]byte, sz)
+		n, err := unix.Flistxattr(fd, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue // grew in between
+		}
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for _, b := range bytes.Split(buf[:n], []byte{0}) {
+			if len(b) > 0 {
+				names = append(names, string(b))
+			}
+		}
+		return names, nil
+	}
+}
+
+func getXattr(fd int, name string) ([]byte, error) {
+	for {
+		sz, err := unix.Fgetxattr(fd, name, nil)
+		if err != nil {
+			return nil, err
+		}
+		buf := make([]byte, sz)
+		n, err := unix.Fgetxattr(fd, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}

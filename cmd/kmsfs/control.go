@@ -1,0 +1,453 @@
+package main
+
+// control.go: the control socket of a mount. While a cipher directory is
+// mounted only the mount process can open its header index (badger's
+// lock), so commands that need the index (rewrap, status) ask the mount.
+//
+// The socket is a unix stream socket, mode 0600, in the 0700 runtime
+// directory next to the mount record (cipherdir.ControlPath), named in the
+// record's "control" field. Only the mount's own user (or root) may talk to
+// it (SO_PEERCRED is checked).
+//
+// Protocol, version 1: the client sends one JSON object on one line,
+//
+//	{"v":1,"op":"status"|"rewrap"|"key-changed"|"ping","rewrap":{...}}
+//
+// and the server answers with JSON lines: any number of
+//
+//	{"type":"progress","done":N,"total":M}
+//
+// then exactly one {"type":"result",...} or {"type":"error","error":"..."},
+// and closes the connection. A client that hangs up cancels its rewrap
+// (which resumes at the next run). One rewrap runs at a time per mount.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/keymgr"
+)
+
+const (
+	controlVersion = 1
+	// controlProgressEvery throttles progress lines.
+	controlProgressEvery = 100 * time.Millisecond
+	// controlDialTimeout bounds connecting and sending a request.
+	controlDialTimeout = 5 * time.Second
+	// controlMaxLine bounds one protocol line.
+	controlMaxLine = 4 << 20
+)
+
+// Control operations.
+const (
+	opPing       = "ping"
+	opStatus     = "status"
+	opRewrap     = "rewrap"
+	opKeyChanged = "key-changed"
+)
+
+type controlRequest struct {
+	V      int            `json:"v"`
+	Op     string         `json:"op"`
+	Rewrap *rewrapRequest `json:"rewrap,omitempty"`
+}
+
+type controlResponse struct {
+	Type   string         `json:"type"` // progress, result, error
+	Done   int            `json:"done,omitempty"`
+	Total  int            `json:"total,omitempty"`
+	Error  string         `json:"error,omitempty"`
+	Rewrap *rewrapSummary `json:"rewrap,omitempty"`
+	Status *mountStatus   `json:"status,omitempty"`
+}
+
+// mountStatus is the mount's answer to "status": its index's counts and
+// the key new files get.
+type mountStatus struct {
+	PID    int           `json:"pid"`
+	KeyARN string        `json:"key_arn"`
+	Epoch  uint32        `json:"rewrap_epoch,omitempty"`
+	Files  int           `json:"files"`
+	Keys   []keyVersions `json:"keys"`
+}
+
+// controlServer serves a mount's control socket.
+type controlServer struct {
+	path   string
+	ln     *net.UnixListener
+	log    *slog.Logger
+	dir    string
+	prov   keymgr.Provider
+	ix     *keymgr.Index
+	mgr    *keymgr.Manager
+	reload func() error // re-read the local keyring now; nil for aws
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex // guards conf
+	conf cipherdir.Config
+
+	busy sync.Mutex // held by the running rewrap
+}
+
+type controlOptions struct {
+	Path      string
+	CipherDir string
+	Conf      cipherdir.Config
+	Provider  keymgr.Provider
+	Index     *keymgr.Index
+	Manager   *keymgr.Manager
+	Reload    func() error
+	Logger    *slog.Logger
+}
+
+// startControl listens on o.Path (a stale socket there is replaced) and
+// serves until Close.
+func startControl(o controlOptions) (*controlServer, error) {
+	if err := os.Remove(o.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("control socket %s: %w", o.Path, err)
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: o.Path, Net: "unix"})
+	unix.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", o.Path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(o.Path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", o.Path, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &controlServer{
+		path: o.Path, ln: ln, log: o.Logger.With("component", "control"), dir: o.CipherDir,
+		prov: o.Provider, ix: o.Index, mgr: o.Manager, reload: o.Reload,
+		ctx: ctx, cancel: cancel, conf: o.Conf,
+	}
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *controlServer) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.log.Warn("control socket accept failed; no more control requests", "err", err)
+			}
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
+	}
+}
+
+// Close stops accepting, cancels a running rewrap (it resumes at the next
+// run) and waits for the handlers.
+func (s *controlServer) Close() {
+	s.cancel()
+	s.ln.Close()
+	s.wg.Wait()
+}
+
+// peerAllowed: the mount's own user, or root.
+func peerAllowed(c *net.UnixConn) (bool, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return false, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return false, err
+	}
+	if cerr != nil {
+		return false, cerr
+	}
+	return cred.Uid == 0 || int(cred.Uid) == os.Getuid(), nil
+}
+
+func (s *controlServer) handle(c *net.UnixConn) {
+	enc := json.NewEncoder(c)
+	var wmu sync.Mutex
+	send := func(r controlResponse) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		return enc.Encode(r)
+	}
+	if ok, err := peerAllowed(c); err != nil || !ok {
+		s.log.Warn("control request refused: peer is another user", "err", err)
+		_ = send(controlResponse{Type: "error", Error: "permission denied: only the mount's own user may control it"})
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(controlDialTimeout))
+	br := bufio.NewReaderSize(c, 64<<10)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	var req controlRequest
+	if err := json.Unmarshal(line, &req); err != nil || req.V != controlVersion {
+		_ = send(controlResponse{Type: "error", Error: fmt.Sprintf("bad control request (protocol version %d expected): %v", controlVersion, err)})
+		return
+	}
+	switch req.Op {
+	case opPing:
+		_ = send(controlResponse{Type: "result"})
+	case opStatus:
+		st, err := s.status()
+		if err != nil {
+			_ = send(controlResponse{Type: "error", Error: err.Error()})
+			return
+		}
+		_ = send(controlResponse{Type: "result", Status: &st})
+	case opKeyChanged:
+		if err := s.keyChanged(); err != nil {
+			_ = send(controlResponse{Type: "error", Error: err.Error()})
+			return
+		}
+		_ = send(controlResponse{Type: "result"})
+	case opRewrap:
+		if req.Rewrap == nil {
+			_ = send(controlResponse{Type: "error", Error: "rewrap request without parameters"})
+			return
+		}
+		// The client hanging up (killed, Ctrl-C) cancels the rewrap.
+		ctx, cancel := context.WithCancel(s.ctx)
+		defer cancel()
+		go func() {
+			_, _ = br.ReadByte() // blocks until EOF or error
+			cancel()
+		}()
+		// A client that stops reading is gone too.
+		sendOrCancel := func(r controlResponse) error {
+			err := send(r)
+			if err != nil {
+				cancel()
+			}
+			return err
+		}
+		sum, err := s.rewrap(ctx, *req.Rewrap, sendOrCancel)
+		resp := controlResponse{Type: "result", Rewrap: &sum}
+		if err != nil {
+			resp.Type, resp.Error = "error", err.Error()
+		}
+		_ = send(resp)
+	default:
+		_ = send(controlResponse{Type: "error", Error: fmt.Sprintf("unknown control operation %q", req.Op)})
+	}
+}
+
+func (s *controlServer) status() (mountStatus, error) {
+	var c counter
+	if err := s.ix.ForEach(func(h crypto.Header) error { c.add(h); return nil }); err != nil {
+		return mountStatus{}, fmt.Errorf("mount's header index: %w", err)
+	}
+	arn, epoch := s.mgr.WrapKey()
+	return mountStatus{PID: os.Getpid(), KeyARN: arn, Epoch: epoch, Files: c.files, Keys: c.rows()}, nil
+}
+
+// keyChanged re-reads the keyring now and refills the DEK pool, so new
+// files wrap under a version made a moment ago (keys rotate).
+func (s *controlServer) keyChanged() error {
+	if s.reload == nil {
+		return nil // not a local keyring: nothing of ours changed
+	}
+	if err := s.reload(); err != nil {
+		return fmt.Errorf("reload keyring: %w", err)
+	}
+	s.mu.Lock()
+	conf := s.conf
+	s.mu.Unlock()
+	return s.mgr.SetWrapKey(conf.KeyARN, conf.RewrapEpoch)
+}
+
+func (s *controlServer) rewrap(ctx context.Context, req rewrapRequest, send func(controlResponse) error) (rewrapSummary, error) {
+	if !s.busy.TryLock() {
+		return rewrapSummary{}, errors.New("a rewrap is already running in this mount: wait for it to finish")
+	}
+	defer s.busy.Unlock()
+	if req.Jobs < 1 || req.Jobs > maxRewrapJobs {
+		req.Jobs = keymgr.DefaultRewrapJobs
+	}
+	if s.reload != nil {
+		// See a rotation made a moment ago (the provider itself
+		// looks at most once a second).
+		if err := s.reload(); err != nil {
+			return rewrapSummary{}, fmt.Errorf("reload keyring: %w", err)
+		}
+	}
+	s.mu.Lock()
+	conf := s.conf
+	s.mu.Unlock()
+	s.log.Info("rewrap requested", "to", req.To, "jobs", req.Jobs, "dry_run", req.DryRun)
+	var last time.Time
+	progress := func(done, total int) {
+		if now := time.Now(); done == total || now.Sub(last) >= controlProgressEvery {
+			last = now
+			_ = send(controlResponse{Type: "progress", Done: done, Total: total})
+		}
+	}
+	env := rewrapEnv{
+		dir: s.dir, conf: &conf, prov: s.prov, ix: s.ix, log: s.log, online: true,
+		setWrapKey: s.mgr.SetWrapKey,
+	}
+	sum, err := runRewrapJob(ctx, env, req, progress)
+	s.mu.Lock()
+	s.conf = conf
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Info("rewrap ended with an error", "err", err, "rewrapped", sum.Rewrapped, "failed", sum.Failed)
+	} else {
+		s.log.Info("rewrap done", "files", sum.Files, "rewrapped", sum.Rewrapped, "current", sum.Current, "key_arn", sum.KeyARN, "key_version", sum.KeyVersion)
+	}
+	return sum, err
+}
+
+// mountControl returns the control socket of a live mount of dir.
+func mountControl(dir string) (string, bool) {
+	rt, err := cipherdir.RuntimeDir()
+	if err != nil {
+		return "", false
+	}
+	for _, r := range cipherdir.FindMounts(rt, dir) {
+		if r.Control != "" {
+			return r.Control, true
+		}
+	}
+	return "", false
+}
+
+// controlCall sends req to the socket and passes each progress line to
+// onProgress; it returns the final line.
+func controlCall(ctx context.Context, sock string, req controlRequest, onProgress func(done, total int)) (controlResponse, error) {
+	req.V = controlVersion
+	d := net.Dialer{Timeout: controlDialTimeout}
+	c, err := d.DialContext(ctx, "unix", sock)
+	if err != nil {
+		return controlResponse{}, fmt.Errorf("control socket %s: %w", sock, err)
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	b, err := json.Marshal(req)
+	if err != nil {
+		return controlResponse{}, err
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(controlDialTimeout))
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return controlResponse{}, fmt.Errorf("control socket %s: %w", sock, err)
+	}
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), controlMaxLine)
+	for sc.Scan() {
+		var r controlResponse
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return controlResponse{}, fmt.Errorf("control socket %s: bad answer: %w", sock, err)
+		}
+		switch r.Type {
+		case "progress":
+			if onProgress != nil {
+				onProgress(r.Done, r.Total)
+			}
+		case "result":
+			return r, nil
+		case "error":
+			return r, errors.New(r.Error)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return controlResponse{}, err
+	}
+	if err := sc.Err(); err != nil {
+		return controlResponse{}, fmt.Errorf("control socket %s: %w", sock, err)
+	}
+	return controlResponse{}, fmt.Errorf("control socket %s: the mount hung up without an answer (unmounted meanwhile?)", sock)
+}
+
+// controlRewrap runs a rewrap in the mount behind sock.
+func controlRewrap(ctx context.Context, sock string, req rewrapRequest, onProgress func(done, total int)) (rewrapSummary, error) {
+	r, err := controlCall(ctx, sock, controlRequest{Op: opRewrap, Rewrap: &req}, onProgress)
+	var sum rewrapSummary
+	if r.Rewrap != nil {
+		sum = *r.Rewrap
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return sum, fmt.Errorf("interrupted: every file is still readable; run kmsfs rewrap again to finish")
+		}
+		return sum, fmt.Errorf("rewrap through the mount: %w", err)
+	}
+	return sum, nil
+}
+
+// notifyKeyChanged tells every running mount of this user that the keyring
+// changed (keys rotate), so their new files use the new version at once.
+// Best effort: a mount that does not answer sees it within a second anyway
+// for unwraps, and at its next pool refill for new files.
+func notifyKeyChanged() {
+	rt, err := cipherdir.RuntimeDir()
+	if err != nil {
+		return
+	}
+	for _, r := range cipherdir.FindMounts(rt, "") {
+		if r.Control == "" {
+			continue
+		}
+		sock := r.Control
+		ctx, cancel := context.WithTimeout(context.Background(), 2*controlDialTimeout)
+		_, _ = controlCall(ctx, sock, controlRequest{Op: opKeyChanged}, nil)
+		cancel()
+	}
+}
+
+// keyringReloader returns a func that re-reads the local keyring now, or
+// nil for a provider without one (aws).
+func (o *openedProvider) keyringReloader() func() error {
+	if o.keyring == nil {
+		return nil
+	}
+	return o.keyring.Reload
+}
+
+// mountStatusOf asks the mount of dir for its index's counts.
+func mountStatusOf(dir string) (mountStatus, error) {
+	sock, ok := mountControl(dir)
+	if !ok {
+		return mountStatus{}, errors.New("no control socket")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := controlCall(ctx, sock, controlRequest{Op: opStatus}, nil)
+	if err != nil {
+		return mountStatus{}, err
+	}
+	if r.Status == nil {
+		return mountStatus{}, errors.New("the mount sent no status")
+	}
+	return *r.Status, nil
+}
