@@ -228,11 +228,12 @@ func TestCLIEndToEnd(t *testing.T) {
 	for name, b := range files {
 		writeFile(t, filepath.Join(mnt, name), b)
 	}
-	if s := k.status(cipher); !s.Mounted || s.Source != "headers" || s.Files != len(files) {
-		t.Errorf("status while mounted: got mounted %v, source %q, files %d; want true, headers, %d", s.Mounted, s.Source, s.Files, len(files))
+	// Mounted, status asks the mount (its control socket) for its index.
+	if s := k.status(cipher); !s.Mounted || s.Source != "mount" || s.Files != len(files) {
+		t.Errorf("status while mounted: got mounted %v, source %q, files %d; want true, mount, %d", s.Mounted, s.Source, s.Files, len(files))
 	}
-	if r := k.ok("status", cipher); !strings.Contains(r.stdout, "counted from: file headers (mounted)") {
-		t.Errorf("status while mounted: got %q, want it to say counted from file headers (mounted)", r.stdout)
+	if r := k.ok("status", cipher); !strings.Contains(r.stdout, "counted from: index (asked the mount)") {
+		t.Errorf("status while mounted: got %q, want it to say counted from index (asked the mount)", r.stdout)
 	}
 	k.ok("unmount", mnt)
 	if isMounted(mnt) {

@@ -172,6 +172,10 @@ func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer
 		report(err)
 		return err
 	}
+	if err := checkFuseAccess(f.allowOther); err != nil {
+		report(err)
+		return err
+	}
 	pass := newPassSource(g)
 	pass.fd = f.passFD
 	if f.cpuProfile != "" {
@@ -493,9 +497,44 @@ func mountError(mnt string, err error) error {
 	msg := err.Error()
 	switch {
 	case errors.Is(err, os.ErrPermission) || strings.Contains(msg, "permission denied") || strings.Contains(msg, "Operation not permitted"):
-		return fmt.Errorf("mount %s: %v: run as root or install fuse3 (fusermount3) and check /dev/fuse permissions", mnt, err)
+		return fmt.Errorf("mount %s: %v: run as root, or as a user who can open /dev/fuse with fuse3's fusermount3 installed", mnt, err)
 	case strings.Contains(msg, "fusermount"):
-		return fmt.Errorf("mount %s: %v: install fuse3 (apt-get install fuse3)", mnt, err)
+		return fmt.Errorf("mount %s: fusermount3 refused (%v): its reason is in the mount log", mnt, err)
 	}
 	return fmt.Errorf("mount %s: %w", mnt, err)
+}
+
+// checkFuseAccess finds, before going to the background, what would make
+// an unprivileged mount fail inside fusermount3, where the reason reaches
+// only the mount log: no fusermount3, no access to /dev/fuse, or
+// --allow-other without user_allow_other in /etc/fuse.conf.
+func checkFuseAccess(allowOther bool) error {
+	if os.Geteuid() == 0 {
+		return nil // root mounts directly with mount(2)
+	}
+	if err := unix.Access("/dev/fuse", unix.R_OK|unix.W_OK); err != nil {
+		return fmt.Errorf("cannot open /dev/fuse (%v): load the fuse module (modprobe fuse) and make /dev/fuse mode 0666, or mount as root", err)
+	}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		return errors.New("fusermount3 not found: install fuse3 (apt-get install fuse3), or mount as root")
+	}
+	if allowOther && !fuseConfAllowsOther("/etc/fuse.conf") {
+		return errors.New("--allow-other needs user_allow_other in /etc/fuse.conf: add that line as root, or mount without --allow-other")
+	}
+	return nil
+}
+
+// fuseConfAllowsOther reports whether a fuse.conf has an uncommented
+// user_allow_other line.
+func fuseConfAllowsOther(path string) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
 }
