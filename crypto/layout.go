@@ -76,7 +76,10 @@ func (l Layout) ContentOffset() int64 { return PreambleSize + 2*l.SlotSize() }
 
 // PlainSize maps a cipher file size to its plain size. For a size no plain
 // size maps to, the error wraps ErrBadSize and the returned size is still the
-// best answer: the plain bytes of the whole chunks (0 below ContentOffset).
+// best answer: below ContentOffset 0; for a tail of r = 1..28 bytes after
+// the whole chunks, their plain bytes plus r, so reads reach the cut chunk
+// and fail there (a file cut into its last chunk's overhead must not read
+// as a clean, shorter file).
 func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 	if err := l.Validate(); err != nil {
 		return 0, err
@@ -92,7 +95,9 @@ func (l Layout) PlainSize(cipherSize int64) (int64, error) {
 	case r == 0:
 		return plainWhole, nil
 	case r <= ChunkOverhead:
-		return plainWhole, fmt.Errorf("cipher size %d: last chunk of %d bytes is shorter than %d: %w", cipherSize, r, ChunkOverhead+1, ErrBadSize)
+		// The r stray bytes count as plain bytes, so that a reader
+		// reaches them and gets EIO instead of a clean, shorter file.
+		return plainWhole + r, fmt.Errorf("cipher size %d: last chunk of %d bytes is shorter than %d: %w", cipherSize, r, ChunkOverhead+1, ErrBadSize)
 	default:
 		return plainWhole + r - ChunkOverhead, nil
 	}

@@ -214,14 +214,11 @@ func TestAttacks(t *testing.T) {
 		{name: "truncate-into-chunk-overhead", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.read(n[0])[:atkOff(4)+10]) // 10 bytes of chunk 4: shorter than nonce+tag
 		}, want: func(*atkEnv, []string) expect {
-			// Known product bug (fs/cipherfile geometry): with a tail of
-			// 1..28 bytes, chunk 3 is opened as non-last, so it reads
-			// as written and the file looks cleanly cut at chunk 3:
-			// only fsck sees it. Chunk 3 must read as EIO once fixed;
-			// until then its bytes must at least be the right ones.
-			return expect{eio: map[int]bool{}, maybeEIO: map[int]bool{3: true}, otherOK: true}
+			// The 10 stray bytes count in the plain size, so a read
+			// reaches the cut chunk 4 and fails; chunks 0-3 are intact.
+			return expect{eio: map[int]bool{4: true}, otherOK: true}
 		}, fsck: "not a whole number of chunks",
-			detected: "fsck finding only (KNOWN BUG: reads show a file silently cut at chunk 3; want EIO for chunk 3)"},
+			detected: "EIO for the cut chunk, and an fsck finding"},
 		{name: "truncate-into-header", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.read(n[0])[:700])
 		}, want: func(*atkEnv, []string) expect { return expect{empty: true} },
