@@ -26,7 +26,7 @@ BENCH_GO ?= bin/bench-go.txt
 
 bench: bench-deps
 	@mkdir -p $(dir $(BENCH_GO))
-	$(GO) test -run '^$$' -bench 'SealChunk|OpenChunk' -count 5 ./crypto | tee $(BENCH_GO)
+	$(GO) test -run '^$$' -bench 'ChunkOverhead' -count 3 ./crypto | tee $(BENCH_GO)
 	$(GO) test -run '^$$' -bench 'Cache|Index' -benchmem ./keymgr
 	$(GO) test -run '^$$' -bench . -benchmem ./fs/...
 	$(GO) run ./integration/bench -gobench $(BENCH_GO)
@@ -42,7 +42,7 @@ bench-deps:
 # Rewrap throughput (files/s) over 10,000 small files with 1, 4 and 16
 # jobs, on the local provider (docs/performance.md, "Rewrap").
 bench-rewrap:
-	$(GO) test -run '^$$' -bench '^BenchmarkRewrap$$' -benchtime 3x -timeout 30m ./keymgr
+	$(GO) test -run '^$$' -bench '^BenchmarkRewrap(AWS)?$$' -benchtime 3x -timeout 30m ./keymgr
 
 # Runs every fuzz target of every package for FUZZTIME each.
 fuzz:

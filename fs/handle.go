@@ -25,6 +25,9 @@ type handle struct {
 	of     *openFile
 	write  bool
 	append bool
+	// keepCache: open answered FOPEN_KEEP_CACHE (the cipher file is as
+	// this mount left it).
+	keepCache bool
 }
 
 var (
@@ -66,7 +69,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	if !of.writable || of.cf == nil {
 		return 0, syscall.EBADF
 	}
-	if h.append {
+	if h.append && !h.r.writeback {
 		size, err := of.cf.PlainSize()
 		if err != nil && !errors.Is(err, crypto.ErrBadSize) {
 			return 0, h.r.errno("write", of.key.ino, err)
@@ -78,11 +81,19 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		h.r.logContentError("write", of, err)
 		return uint32(n), h.r.errno("write", of.key.ino, err)
 	}
+	if of.suid.Load() && !privileged(ctx) {
+		if err := killSetID(int(of.f.Fd())); err != nil {
+			return uint32(n), h.r.errno("write", of.key.ino, err)
+		}
+		of.suid.Store(false)
+	}
 	return uint32(n), 0
 }
 
 // Flush has nothing to do: writes reach the cipher file before Write
-// returns, and their errors are returned there.
+// returns, and their errors are returned there. (With the writeback cache
+// the kernel writes its dirty pages back before it sends FLUSH, so close(2)
+// still reports a failed write.)
 func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
@@ -117,7 +128,14 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 // Lseek answers SEEK_DATA and SEEK_HOLE simply: data everywhere below the
 // plain size, the hole at EOF. (Holes inside a file read as zeros either
 // way; reporting them as data is always allowed.)
+//
+// With the writeback cache the kernel knows the size better than the cipher
+// file (its dirty pages are not written yet): ENOSYS makes it answer
+// itself, the same way, from its own size, for the life of the mount.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if h.r.writeback {
+		return 0, syscall.ENOSYS
+	}
 	of := h.of
 	of.mu.RLock()
 	size := int64(0)

@@ -171,6 +171,21 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 			return errno
 		}
 	}
+	// A truncate (or chown) by an unprivileged user clears set-ID bits:
+	// with CAP_HANDLE_KILLPRIV_V2 the kernel asks us to.
+	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+		done, err := withFd(killSetID)
+		if !done {
+			var st syscall.Stat_t
+			if err = syscall.Lstat(p, &st); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG && hasSetID(st.Mode) {
+				err = syscall.Chmod(p, clearSetID(st.Mode))
+			}
+		}
+		if err != nil {
+			return r.errno("setattr", ino, err)
+		}
+	}
+	modeChanged := in.Valid&(fuse.FATTR_MODE|fuse.FATTR_KILL_SUIDGID|fuse.FATTR_UID|fuse.FATTR_GID) != 0
 	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
 		ts := []unix.Timespec{utime(in, fuse.FATTR_ATIME, fuse.FATTR_ATIME_NOW, in.Atime, in.Atimensec),
 			utime(in, fuse.FATTR_MTIME, fuse.FATTR_MTIME_NOW, in.Mtime, in.Mtimensec)}
@@ -185,13 +200,23 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 		}
 	}
 	if h != nil {
-		return h.Getattr(ctx, out)
+		errno := h.Getattr(ctx, out)
+		if errno == 0 && modeChanged {
+			h.of.suid.Store(hasSetID(out.Attr.Mode))
+		}
+		return errno
 	}
 	var st syscall.Stat_t
 	if _, err := lstat(p, &st); err != nil {
 		return r.errno("setattr", ino, err)
 	}
 	r.fillAttr(&st, &out.Attr)
+	if modeChanged && st.Mode&syscall.S_IFMT == syscall.S_IFREG {
+		if of := r.files.peek(fileKey{uint64(st.Dev), st.Ino}); of != nil {
+			of.suid.Store(hasSetID(st.Mode))
+			r.release(of)
+		}
+	}
 	return 0
 }
 
@@ -241,7 +266,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	return h, 0, 0
+	var fuseFlags uint32
+	if h.keepCache {
+		fuseFlags |= fuse.FOPEN_KEEP_CACHE
+	}
+	return h, fuseFlags, 0
 }
 
 func isWrite(flags uint32) bool {
@@ -255,11 +284,11 @@ func (r *root) open(ctx context.Context, p string, ino uint64, flags uint32) (*h
 	if write && r.ro {
 		return nil, syscall.EROFS
 	}
-	of, err := r.acquire(ctx, p, write)
+	of, keep, err := r.acquireKeep(ctx, p, write)
 	if err != nil {
 		return nil, r.errno("open", ino, err)
 	}
-	h := &handle{r: r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
+	h := &handle{r: r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0, keepCache: keep && !trunc}
 	if trunc {
 		if errno := r.truncate(of, 0); errno != 0 {
 			r.release(of)
@@ -293,18 +322,21 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if err != nil {
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
 	}
+	// Every call here works on the fd: a create is the hot path of
+	// small-file workloads (tar, git, builds), and a path costs a lookup.
 	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
+	gen, err := fstatGen(fd, &st)
+	if err != nil {
 		syscall.Close(fd)
 		syscall.Unlink(p)
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
 	}
-	fixMode(p, &st, mode)
-	if err := preserveOwner(ctx, p); err != nil {
+	fixModeFd(fd, &st, mode)
+	if err := preserveOwnerFd(ctx, fd, &st); err != nil {
 		n.r.log.Warn("cannot give new file to its creator", "op", "create", "inode", st.Ino, "err", err.Error())
 	}
 	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
-	of, ok := n.r.newOpenFile(f, &st)
+	of, ok := n.r.newOpenFile(f, &st, gen)
 	if !ok {
 		// The inode number is in the table: only a broken cipher
 		// directory (changed under the mount) gets here.
@@ -320,11 +352,15 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, n.r.errno("create", st.Ino, err)
 	}
 	h := &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
-	ch, _, errno := n.newChild(ctx, p, out)
-	if errno != 0 {
+	// The new file's attributes once its head is written: its plain
+	// size is 0, and nothing else can have it open yet.
+	if _, err := fstatGen(fd, &st); err != nil {
 		n.r.release(of)
-		return nil, nil, 0, errno
+		return nil, nil, 0, n.r.errno("create", st.Ino, err)
 	}
+	out.Attr.FromStat(&st)
+	out.Attr.Size = uint64(n.r.plainSizeOf(st.Size))
+	ch := n.NewInode(ctx, &node{r: n.r}, n.r.stableAttr(&st, gen))
 	return ch, h, 0, 0
 }
 
@@ -351,7 +387,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		syscall.Fchmod(fd, st.Mode&0o7000|mode&0o777)
 	}
 	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
-	of, ok := n.r.newOpenFile(f, &st)
+	of, ok := n.r.newOpenFile(f, &st, gen)
 	if !ok {
 		f.Close()
 		return nil, nil, 0, syscall.EIO
@@ -413,8 +449,13 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 // that name removes the file (its last link), so its key can be forgotten.
 func (r *root) doomedFileID(p string) (crypto.FileID, fileKey, bool) {
 	var st syscall.Stat_t
-	if err := syscall.Lstat(p, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 || st.Size == 0 {
+	gen, err := lstat(p, &st)
+	if err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 || st.Size == 0 {
 		return crypto.FileID{}, fileKey{}, false
+	}
+	key := fileKey{uint64(st.Dev), st.Ino}
+	if id, ok := r.ids.get(key, gen); ok {
+		return id, key, true
 	}
 	fd, err := openNoatime(p, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK)
 	if err != nil {
@@ -426,12 +467,13 @@ func (r *root) doomedFileID(p string) (crypto.FileID, fileKey, bool) {
 	if err != nil {
 		return crypto.FileID{}, fileKey{}, false
 	}
-	return pre.FileID, fileKey{uint64(st.Dev), st.Ino}, true
+	return pre.FileID, key, true
 }
 
 // forget drops the key of a file whose last name is gone. An open file
 // keeps its content cipher; only the index entry and cached DEK go.
 func (r *root) forget(ctx context.Context, op string, id crypto.FileID, key fileKey) {
+	r.ids.drop(key)
 	if err := r.keys.Forget(context.WithoutCancel(ctx), id); err != nil {
 		r.log.Warn("cannot forget file key", "op", op, "inode", key.ino, "file_id", id.String(), "err", err.Error())
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/kmsfs/kmsfs/crypto"
@@ -29,7 +30,11 @@ type openTable struct {
 // writes, truncates and fd swaps hold Lock). ready is closed once the entry
 // is initialised; err is set before that when it could not be.
 type openFile struct {
-	key   fileKey
+	key fileKey
+	gen uint64 // the inode's generation (birth time), for fileIDs
+	// suid: the cipher file's mode has set-user/group-ID bits, which a
+	// write must clear (the kernel leaves that to us: see killSetID).
+	suid  atomic.Bool
 	ready chan struct{}
 	err   error
 	refs  int
@@ -53,7 +58,7 @@ func (of *openFile) fileID() string {
 // openCipher opens a cipher file for an open of the plain file: O_RDWR when
 // it can (so later writable handles share the fd), O_RDONLY on a read-only
 // mount or when only reading is allowed.
-func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat_t, error) {
+func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat_t, uint64, error) {
 	var st syscall.Stat_t
 	const base = syscall.O_NOFOLLOW | syscall.O_CLOEXEC | syscall.O_NONBLOCK
 	fd := -1
@@ -63,35 +68,36 @@ func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat
 		fd, err = openNoatime(path, syscall.O_RDWR|base)
 		writable = err == nil
 		if err != nil && (write || !(err == syscall.EACCES || err == syscall.EPERM || err == syscall.EROFS || err == syscall.ETXTBSY)) {
-			return nil, false, st, err
+			return nil, false, st, 0, err
 		}
 	} else if write {
-		return nil, false, st, syscall.EROFS
+		return nil, false, st, 0, syscall.EROFS
 	}
 	if fd < 0 {
 		fd, err = openNoatime(path, syscall.O_RDONLY|base)
 		if err != nil {
-			return nil, false, st, err
+			return nil, false, st, 0, err
 		}
 	}
-	if err := syscall.Fstat(fd, &st); err != nil {
+	gen, err := fstatGen(fd, &st)
+	if err != nil {
 		syscall.Close(fd)
-		return nil, false, st, err
+		return nil, false, st, 0, err
 	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		syscall.Close(fd)
 		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
-			return nil, false, st, syscall.EISDIR
+			return nil, false, st, 0, syscall.EISDIR
 		}
-		return nil, false, st, syscall.EINVAL
+		return nil, false, st, 0, syscall.EINVAL
 	}
 	// O_NONBLOCK only kept open(2) from blocking on a fifo swapped in.
 	if err := setBlocking(fd); err != nil {
 		syscall.Close(fd)
-		return nil, false, st, err
+		return nil, false, st, 0, err
 	}
 	// The name shows up in error texts: an inode number, never a path.
-	return os.NewFile(uintptr(fd), fmt.Sprintf("cipher inode %d", st.Ino)), writable, st, nil
+	return os.NewFile(uintptr(fd), fmt.Sprintf("cipher inode %d", st.Ino)), writable, st, gen, nil
 }
 
 // openNoatime opens with O_NOATIME when allowed (owner or root): reading a
@@ -116,26 +122,38 @@ func setBlocking(fd int) error {
 // to O_RDWR and a 0-byte file (left by a crash mid-create, or made by
 // mknod) gets its header.
 func (r *root) acquire(ctx context.Context, path string, write bool) (*openFile, error) {
+	of, _, err := r.acquireKeep(ctx, path, write)
+	return of, err
+}
+
+// acquireKeep is acquire that also reports whether the caller may let the
+// kernel keep the file's cached pages: the caller made the entry, and found
+// the cipher file as this mount left it at its last release (cacheStamps).
+// A file already open may have changed behind the mount since the kernel
+// cached its pages, so an opener that finds the entry gets false.
+func (r *root) acquireKeep(ctx context.Context, path string, write bool) (*openFile, bool, error) {
 	for {
-		of, retry, err := r.tryAcquire(ctx, path, write)
+		of, keep, retry, err := r.tryAcquire(ctx, path, write)
 		if retry && ctx.Err() == nil {
 			continue
 		}
-		return of, err
+		return of, keep, err
 	}
 }
 
-func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *openFile, retry bool, err error) {
-	f, writable, st, err := r.openCipher(path, write)
+func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *openFile, keep, retry bool, err error) {
+	f, writable, st, gen, err := r.openCipher(path, write)
 	if err != nil {
-		return nil, false, err
+		return nil, false, false, err
 	}
 	key := fileKey{uint64(st.Dev), st.Ino}
 	t := &r.files
 	t.mu.Lock()
 	of = t.m[key]
 	if of == nil {
-		of = &openFile{key: key, ready: make(chan struct{}), refs: 1, f: f, writable: writable}
+		of = &openFile{key: key, gen: gen, ready: make(chan struct{}), refs: 1, f: f, writable: writable}
+		of.suid.Store(hasSetID(st.Mode))
+		keep = r.stamps.take(key, stampOf(&st))
 		t.m[key] = of
 		t.mu.Unlock()
 		of.mu.Lock()
@@ -150,10 +168,10 @@ func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *ope
 			t.mu.Unlock()
 			close(of.ready)
 			r.release(of)
-			return nil, false, err
+			return nil, false, false, err
 		}
 		close(of.ready)
-		return of, false, nil
+		return of, keep, false, nil
 	}
 	of.refs++
 	t.mu.Unlock()
@@ -163,18 +181,18 @@ func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *ope
 	case <-ctx.Done():
 		f.Close()
 		r.release(of)
-		return nil, false, ctx.Err()
+		return nil, false, false, ctx.Err()
 	}
 	if of.err != nil {
 		f.Close()
 		r.release(of)
 		// Another opener was interrupted while initialising: try
 		// again with our own context.
-		return nil, errors.Is(of.err, context.Canceled), of.err
+		return nil, false, errors.Is(of.err, context.Canceled), of.err
 	}
 	if !write {
 		f.Close()
-		return of, false, nil
+		return of, keep, false, nil
 	}
 	// release may close the fd under of.mu: call it only after Unlock.
 	of.mu.Lock()
@@ -182,9 +200,9 @@ func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *ope
 	of.mu.Unlock()
 	if err != nil {
 		r.release(of)
-		return nil, false, err
+		return nil, false, false, err
 	}
-	return of, false, nil
+	return of, keep, false, nil
 }
 
 // makeWritable upgrades an entry for a writable handle: f, a new fd of the
@@ -196,7 +214,8 @@ func (r *root) makeWritable(ctx context.Context, of *openFile, f *os.File, writa
 		f.Close()
 	} else {
 		if of.cc != nil {
-			cf, err := cipherfile.New(f, of.cc)
+			// The same inode as of.f: its preamble is known.
+			cf, err := cipherfile.Open(f, of.cc, crypto.NewPreamble(of.cc.Layout(), of.cc.FileID()))
 			if err != nil {
 				f.Close()
 				return err
@@ -230,14 +249,14 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 		if !write || !of.writable {
 			return nil
 		}
-		h, cc, err := r.keys.NewFile(ctx)
+		h, cc, err := r.keys.NewFile(keyContext(ctx))
 		if err != nil {
 			return fmt.Errorf("new file key for inode %d: %w", of.key.ino, err)
 		}
 		if err := cipherfile.Create(of.f, r.layout, h); err != nil {
 			return err
 		}
-		return r.setCipher(of, cc)
+		return r.setCipher(of, cc, crypto.NewPreamble(r.layout, h.FileID))
 	}
 	p, err := cipherfile.ReadPreamble(of.f)
 	if err != nil {
@@ -246,7 +265,7 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 	if p.Layout() != r.layout {
 		return fmt.Errorf("inode %d: %w", of.key.ino, crypto.ErrLayoutMismatch)
 	}
-	cc, err := r.keys.OpenFile(ctx, p.FileID, func() (crypto.Header, error) {
+	cc, err := r.keys.OpenFile(keyContext(ctx), p.FileID, func() (crypto.Header, error) {
 		h, _, err := cipherfile.ReadHeader(of.f, r.layout)
 		return h, err
 	})
@@ -254,15 +273,18 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 		r.log.Warn("cannot open file key", "op", "open", "inode", of.key.ino, "file_id", p.FileID.String(), "err", err.Error())
 		return fmt.Errorf("open file key %s: %w", p.FileID, err)
 	}
-	return r.setCipher(of, cc)
+	return r.setCipher(of, cc, p)
 }
 
-func (r *root) setCipher(of *openFile, cc *crypto.ContentCipher) error {
-	cf, err := cipherfile.New(of.f, cc)
+// setCipher installs the content cipher of an entry whose preamble p has
+// been read (or just written). Caller holds of.mu.
+func (r *root) setCipher(of *openFile, cc *crypto.ContentCipher, p crypto.Preamble) error {
+	cf, err := cipherfile.Open(of.f, cc, p)
 	if err != nil {
 		return err
 	}
 	of.cc, of.cf = cc, cf
+	r.ids.put(of.key, of.gen, cc.FileID())
 	return nil
 }
 
@@ -270,7 +292,7 @@ func (r *root) setCipher(of *openFile, cc *crypto.ContentCipher) error {
 // empty cipher file), before its header is written, so that no concurrent
 // open initialises it a second time. The caller then calls initOpenFile and
 // finish.
-func (r *root) newOpenFile(f *os.File, st *syscall.Stat_t) (*openFile, bool) {
+func (r *root) newOpenFile(f *os.File, st *syscall.Stat_t, gen uint64) (*openFile, bool) {
 	key := fileKey{uint64(st.Dev), st.Ino}
 	t := &r.files
 	t.mu.Lock()
@@ -278,7 +300,8 @@ func (r *root) newOpenFile(f *os.File, st *syscall.Stat_t) (*openFile, bool) {
 	if t.m[key] != nil {
 		return nil, false
 	}
-	of := &openFile{key: key, ready: make(chan struct{}), refs: 1, f: f, writable: true}
+	of := &openFile{key: key, gen: gen, ready: make(chan struct{}), refs: 1, f: f, writable: true}
+	of.suid.Store(hasSetID(st.Mode))
 	t.m[key] = of
 	return of, true
 }
@@ -333,10 +356,23 @@ func (r *root) release(of *openFile) {
 	if last {
 		of.mu.Lock()
 		var st syscall.Stat_t
-		if of.tmp && of.cc != nil && syscall.Fstat(int(of.f.Fd()), &st) == nil && st.Nlink == 0 {
-			r.forget(context.Background(), "release", of.cc.FileID(), of.key)
+		if syscall.Fstat(int(of.f.Fd()), &st) == nil {
+			if of.tmp && of.cc != nil && st.Nlink == 0 {
+				r.forget(context.Background(), "release", of.cc.FileID(), of.key)
+			} else if of.cc != nil && st.Nlink > 0 {
+				r.stamps.put(of.key, stampOf(&st))
+			}
 		}
 		of.f.Close()
 		of.mu.Unlock()
 	}
+}
+
+// keyContext detaches a key operation from the FUSE request that started
+// it. The kernel interrupts requests freely (a Go reader's preemption
+// signals are enough), and other openers of the same inode may be waiting
+// on this setup: a KMS call once started is worth finishing and caching.
+// The providers bound every call with their own timeouts.
+func keyContext(ctx context.Context) context.Context {
+	return context.WithoutCancel(ctx)
 }

@@ -74,7 +74,7 @@ func lkAliasARN(alias string) string {
 
 // localKMSBinary finds the local-kms binary or skips (fails under
 // KMSFS_REQUIRE_LOCAL_KMS=1).
-func localKMSBinary(t *testing.T) string {
+func localKMSBinary(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("KMSFS_LOCAL_KMS"); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -99,7 +99,7 @@ func localKMSBinary(t *testing.T) string {
 // isolateAWSEnv keeps the SDK to static test credentials: no shared
 // config of the user, no instance metadata service (never reached for),
 // no region or endpoint from the environment.
-func isolateAWSEnv(t *testing.T) {
+func isolateAWSEnv(t testing.TB) {
 	t.Helper()
 	dir := t.TempDir()
 	for k, v := range map[string]string{
@@ -138,7 +138,7 @@ var lkStartedRE = regexp.MustCompile(`Local KMS started on [0-9.:\[\]]*:(\d+)`)
 // startLocalKMS runs local-kms with the seed keys on a free port (it
 // listens on all interfaces; the tests talk to 127.0.0.1 only) and stops
 // it at the end of the test. It also isolates the AWS environment.
-func startLocalKMS(t *testing.T) *lkServer {
+func startLocalKMS(t testing.TB) *lkServer {
 	t.Helper()
 	bin := localKMSBinary(t)
 	isolateAWSEnv(t)
@@ -208,7 +208,7 @@ func (s *lkServer) log() string {
 }
 
 // newTestAWS is the aws provider against endpoint, with short backoff.
-func newTestAWS(t *testing.T, endpoint string, tweak func(*AWSOptions)) (*awsProvider, *stLog) {
+func newTestAWS(t testing.TB, endpoint string, tweak func(*AWSOptions)) (*awsProvider, *stLog) {
 	t.Helper()
 	logger, tl := newStLog(t)
 	o := AWSOptions{

@@ -20,14 +20,14 @@ import (
 // stLog collects log records; records at warning level or above fail the
 // test at cleanup unless the test called expectWarnings.
 type stLog struct {
-	t        *testing.T
+	t        testing.TB
 	mu       sync.Mutex
 	records  []slog.Record
 	allowed  bool
 	minLevel slog.Level
 }
 
-func newStLog(t *testing.T) (*slog.Logger, *stLog) {
+func newStLog(t testing.TB) (*slog.Logger, *stLog) {
 	t.Helper()
 	l := &stLog{t: t, minLevel: slog.LevelDebug}
 	t.Cleanup(func() {

@@ -596,7 +596,7 @@ func TestRewrapAWS(t *testing.T) {
 	lk := startLocalKMS(t)
 	var p *awsProvider
 	e := newRWEnv(t, func(t testing.TB) (Provider, string) {
-		p, _ = newTestAWS(t.(*testing.T), lk.url, nil)
+		p, _ = newTestAWS(t, lk.url, nil)
 		return p, lkKeyARN(lkKeyA)
 	})
 	e.create(t, 12)
@@ -642,27 +642,56 @@ func TestRewrapAWS(t *testing.T) {
 // the local provider: every iteration migrates all of them to the other
 // key. make bench-rewrap runs it; docs/performance.md has the numbers.
 func BenchmarkRewrap(b *testing.B) {
+	n := benchRewrapFiles()
+	e := newRWEnv(b, nil)
+	e.create(b, n)
+	benchRewrap(b, e, n, []string{"alias/rw-b", "alias/rw-a"}, false)
+}
+
+// BenchmarkRewrapAWS is BenchmarkRewrap on the aws provider against
+// local-kms on 127.0.0.1: each file is one ReEncrypt round trip.
+func BenchmarkRewrapAWS(b *testing.B) {
+	n := benchRewrapFiles()
+	lk := startLocalKMS(b)
+	e := newRWEnv(b, func(t testing.TB) (Provider, string) {
+		p, _ := newTestAWS(t, lk.url, nil)
+		return p, lkKeyARN(lkKeyA)
+	})
+	e.create(b, n)
+	benchRewrap(b, e, n, []string{lkAliasB, lkAliasA}, true)
+}
+
+func benchRewrapFiles() int {
 	n := 10000
 	if s := os.Getenv("KMSFS_BENCH_REWRAP_FILES"); s != "" {
 		fmt.Sscan(s, &n)
 	}
-	e := newRWEnv(b, nil)
-	e.create(b, n)
-	keys := []string{"alias/rw-b", "alias/rw-a"}
+	return n
+}
+
+// benchRewrap migrates all n files back and forth between two keys with
+// --jobs 1, 4 and 16 and reports files per second. With epochs (aws), each
+// migration also takes the next rewrap epoch.
+func benchRewrap(b *testing.B, e *rwEnv, n int, keys []string, epochs bool) {
+	epoch := uint32(0)
+	next := func(ref string) RewrapTarget {
+		if epochs {
+			epoch++
+		}
+		return e.target(b, ref, epoch)
+	}
 	for _, jobs := range []int{1, 4, 16} {
 		b.Run(fmt.Sprintf("jobs=%d", jobs), func(b *testing.B) {
 			files := 0
 			var elapsed time.Duration
 			for i := 0; b.Loop(); i++ {
-				tg := e.target(b, keys[i%2], 0)
-				st, err := Rewrap(context.Background(), e.opts(tg, jobs), e.files)
+				st, err := Rewrap(context.Background(), e.opts(next(keys[i%2]), jobs), e.files)
 				if err != nil || st.Failed != 0 {
 					b.Fatalf("Rewrap: %+v, %v", st, err)
 				}
 				if st.Rewrapped != n {
 					// The previous sub-benchmark may have ended on this key.
-					tg = e.target(b, keys[(i+1)%2], 0)
-					if st, err = Rewrap(context.Background(), e.opts(tg, jobs), e.files); err != nil || st.Rewrapped != n {
+					if st, err = Rewrap(context.Background(), e.opts(next(keys[(i+1)%2]), jobs), e.files); err != nil || st.Rewrapped != n {
 						b.Fatalf("Rewrap: %+v, %v", st, err)
 					}
 				}

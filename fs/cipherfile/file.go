@@ -47,6 +47,13 @@ func New(f *os.File, c *crypto.ContentCipher) (*File, error) {
 	if err != nil {
 		return nil, err
 	}
+	return Open(f, c, p)
+}
+
+// Open is New for a caller that has already read f's preamble p (or has
+// just written it): it checks p against c the same way and reads nothing,
+// so opening a file costs one pread of its preamble, not two.
+func Open(f *os.File, c *crypto.ContentCipher, p crypto.Preamble) (*File, error) {
 	l := c.Layout()
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("open content of %s: %w", p.FileID, err)
@@ -102,9 +109,10 @@ func (f *File) geometry() (geom, error) {
 		}
 		// Below ContentOffset (a head never finished) there is no
 		// content at all: the file reads as empty.
+		// Otherwise the size counts the tail's stray bytes, so chunks
+		// already includes the cut chunk.
 		if g.cipherSize > f.cipherContentOff {
 			g.badTail = true
-			g.chunks++
 		}
 	}
 	return g, nil
@@ -118,8 +126,9 @@ func (f *File) tailError(g geom) error {
 // PlainSize is the plain size of the content, from fstat. When the cipher
 // size maps to no plain size (a tail of 1..28 bytes, or a file shorter than
 // its head) the error wraps crypto.ErrBadSize and the size returned is
-// still the best answer, the plain bytes of the whole chunks: what stat
-// reports for it (format.md, Sizes), while reading the tail gives ErrAuth.
+// still the best answer (crypto.Layout.PlainSize): for a cut tail, the
+// plain bytes of the whole chunks plus the tail's stray bytes, what stat
+// reports for it (format.md, Sizes), so reading the tail gives ErrAuth.
 func (f *File) PlainSize() (int64, error) {
 	fi, err := f.fd.Stat()
 	if err != nil {
@@ -205,47 +214,52 @@ func (f *File) readChunks(dst []byte, plainOff, first, last int64, g geom) (int,
 	// then fails to open like any other.
 	buf := (*bp)[:got]
 	k := int(f.cipherChunkSize)
-	var scratch *[]byte // for chunks wanted in part
-	defer func() {
-		if scratch != nil {
-			putBuf(scratch)
-		}
-	}()
-	for j := 0; j <= int(last-first); j++ {
-		index := first + int64(j)
-		sealed := buf[min(j*k, len(buf)):min((j+1)*k, len(buf))]
-		isLast := index == g.chunks-1
-		plainChunkOff := index << f.chunkShift
-		plainChunkLen := min(f.plainChunkSize, g.plainSize-plainChunkOff)
-		plainFrom, plainTo := max(plainOff, plainChunkOff), min(plainEnd, plainChunkOff+plainChunkLen)
-		out := dst[plainFrom-plainOff : plainTo-plainOff]
-		done := int(plainFrom - plainOff) // bytes of dst before this chunk
-		if plainFrom == plainChunkOff && plainTo == plainChunkOff+plainChunkLen {
-			// The whole chunk is wanted: open it in place. The cap keeps
-			// a chunk longer than expected from spilling past it (it is
-			// then reallocated and refused below).
-			plain, err := f.c.OpenChunk(out[:0:len(out)], index, isLast, sealed)
+	// open opens chunks [j0, j1) of the batch; the first that fails
+	// stops it, with the bytes of dst before that chunk.
+	open := func(j0, j1 int) (int, error) {
+		var scratch *[]byte // for chunks wanted in part
+		defer func() {
+			if scratch != nil {
+				putBuf(scratch)
+			}
+		}()
+		for j := j0; j < j1; j++ {
+			index := first + int64(j)
+			sealed := buf[min(j*k, len(buf)):min((j+1)*k, len(buf))]
+			isLast := index == g.chunks-1
+			plainChunkOff := index << f.chunkShift
+			plainChunkLen := min(f.plainChunkSize, g.plainSize-plainChunkOff)
+			plainFrom, plainTo := max(plainOff, plainChunkOff), min(plainEnd, plainChunkOff+plainChunkLen)
+			out := dst[plainFrom-plainOff : plainTo-plainOff]
+			done := int(plainFrom - plainOff) // bytes of dst before this chunk
+			if plainFrom == plainChunkOff && plainTo == plainChunkOff+plainChunkLen {
+				// The whole chunk is wanted: open it in place. The cap keeps
+				// a chunk longer than expected from spilling past it (it is
+				// then reallocated and refused below).
+				plain, err := f.c.OpenChunk(out[:0:len(out)], index, isLast, sealed)
+				if err != nil {
+					return done, &ChunkError{Index: index, Err: err}
+				}
+				if len(plain) != len(out) {
+					return done, f.lengthError(index, len(plain), plainChunkLen)
+				}
+				continue
+			}
+			if scratch == nil {
+				scratch = getBuf(int(f.plainChunkSize))
+			}
+			plain, err := f.c.OpenChunk((*scratch)[:0], index, isLast, sealed)
 			if err != nil {
 				return done, &ChunkError{Index: index, Err: err}
 			}
-			if len(plain) != len(out) {
+			if int64(len(plain)) != plainChunkLen {
 				return done, f.lengthError(index, len(plain), plainChunkLen)
 			}
-			continue
+			copy(out, plain[plainFrom-plainChunkOff:])
 		}
-		if scratch == nil {
-			scratch = getBuf(int(f.plainChunkSize))
-		}
-		plain, err := f.c.OpenChunk((*scratch)[:0], index, isLast, sealed)
-		if err != nil {
-			return done, &ChunkError{Index: index, Err: err}
-		}
-		if int64(len(plain)) != plainChunkLen {
-			return done, f.lengthError(index, len(plain), plainChunkLen)
-		}
-		copy(out, plain[plainFrom-plainChunkOff:])
+		return len(dst), nil
 	}
-	return len(dst), nil
+	return parallelChunks(int(last-first)+1, int(f.chunkShift), open)
 }
 
 // lengthError: a chunk that opened to a length its cipher size did not
@@ -397,27 +411,31 @@ func (f *File) write(p []byte, plainOff int64, g geom) error {
 		b1 := min(last, b0+f.batchChunks-1)
 		obp := getBuf(int((b1-b0)*k + plainLen(b1) + crypto.ChunkOverhead))
 		out := *obp
-		var err error
-		for index := b0; index <= b1 && err == nil; index++ {
-			var plain []byte
-			switch {
-			case index == first && head != nil:
-				plain = *head
-			case index == last && tail != nil:
-				plain = *tail
-			default:
-				from := index<<f.chunkShift - plainOff
-				plain = p[from : from+plainLen(index)]
+		seal := func(j0, j1 int) (int, error) {
+			for index := b0 + int64(j0); index < b0+int64(j1); index++ {
+				var plain []byte
+				switch {
+				case index == first && head != nil:
+					plain = *head
+				case index == last && tail != nil:
+					plain = *tail
+				default:
+					from := index<<f.chunkShift - plainOff
+					plain = p[from : from+plainLen(index)]
+				}
+				o := (index - b0) * k
+				sealedLen := int64(len(plain)) + crypto.ChunkOverhead
+				sealed, err := f.c.SealChunk(out[o:o:o+sealedLen], index, index == chunksNew-1, plain)
+				if err != nil {
+					return 0, &ChunkError{Index: index, Err: err}
+				}
+				if int64(len(sealed)) != sealedLen || &sealed[0] != &out[o] {
+					panic(fmt.Sprintf("cipherfile: chunk %d sealed to %d bytes, not %d in place", index, len(sealed), sealedLen))
+				}
 			}
-			o := (index - b0) * k
-			sealedLen := int64(len(plain)) + crypto.ChunkOverhead
-			var sealed []byte
-			if sealed, err = f.c.SealChunk(out[o:o:o+sealedLen], index, index == chunksNew-1, plain); err != nil {
-				err = &ChunkError{Index: index, Err: err}
-			} else if int64(len(sealed)) != sealedLen || &sealed[0] != &out[o] {
-				panic(fmt.Sprintf("cipherfile: chunk %d sealed to %d bytes, not %d in place", index, len(sealed), sealedLen))
-			}
+			return 0, nil
 		}
+		_, err := parallelChunks(int(b1-b0)+1, int(f.chunkShift), seal)
 		if err == nil {
 			if _, err = f.fd.WriteAt(out, f.l.CipherChunkOffset(b0)); err != nil {
 				err = fmt.Errorf("chunks %d..%d: %w", b0, b1, ioErr(err))
@@ -425,6 +443,9 @@ func (f *File) write(p []byte, plainOff int64, g geom) error {
 		}
 		putBuf(obp)
 		if err != nil {
+			if resealed != nil || g.chunks == 0 { // only new chunks went out (a full disk): drop them, the old last chunk is still sealed as last
+				_ = f.fd.Truncate(g.cipherSize)
+			}
 			return err
 		}
 	}

@@ -364,8 +364,8 @@ func TestBadTail(t *testing.T) {
 				t.Fatal(err)
 			}
 			size, err := tf.PlainSize()
-			if size != 5*c || !errors.Is(err, crypto.ErrBadSize) {
-				t.Fatalf("PlainSize() = %d, %v; want %d, %v", size, err, 5*c, crypto.ErrBadSize)
+			if size != 5*c+tail || !errors.Is(err, crypto.ErrBadSize) {
+				t.Fatalf("PlainSize() = %d, %v; want %d, %v", size, err, 5*c+tail, crypto.ErrBadSize)
 			}
 			p := make([]byte, 6*c)
 			n, err := tf.ReadAt(p, 0)
