@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -653,5 +654,47 @@ func TestTmpfileLink(t *testing.T) {
 	checkContent(t, e.p("named"), content)
 	if raw, err := os.ReadFile(e.c("named")); err != nil || bytes.Contains(raw, []byte(marker)) {
 		t.Errorf("cipher file: %v, or holds plaintext", err)
+	}
+}
+
+// TestSetattrUnlinkedOpen: fchmod, fchown and futimens reach the kernel
+// without a file handle; on a file unlinked while open they must still
+// act on the open inode, as on a local filesystem.
+func TestSetattrUnlinkedOpen(t *testing.T) {
+	e := newTestFS(t)
+	f, err := os.Create(e.p("gone"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.p("gone")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Chmod(0o640); err != nil {
+		t.Fatalf("fchmod of an unlinked open file: %v", err)
+	}
+	if err := f.Chown(os.Getuid(), os.Getgid()); err != nil {
+		t.Fatalf("fchown of an unlinked open file: %v", err)
+	}
+	mtime := time.Date(2020, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := unix.Futimes(int(f.Fd()), []unix.Timeval{unix.NsecToTimeval(mtime.UnixNano()), unix.NsecToTimeval(mtime.UnixNano())}); err != nil {
+		t.Fatalf("futimes of an unlinked open file: %v", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o640 {
+		t.Errorf("mode after fchmod: got %v, want 0640", got)
+	}
+	if got := fi.ModTime(); !got.Equal(mtime) {
+		t.Errorf("mtime after futimes: got %v, want %v", got, mtime)
+	}
+	b := make([]byte, 10)
+	if n, err := f.ReadAt(b, 0); n != 10 || string(b) != "still here" {
+		t.Errorf("read after setattr: %q, %v", b[:n], err)
 	}
 }

@@ -96,6 +96,17 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	h, _ := f.(*handle)
+	if h == nil && n.StableAttr().Mode == syscall.S_IFREG {
+		// fchmod, fchown and futimens come without a handle; on an
+		// unlinked file the path is gone, but the inode may be open.
+		var st syscall.Stat_t
+		if _, err := lstat(n.path(), &st); errors.Is(err, syscall.ENOENT) {
+			if of := n.r.peekIno(n.ino()); of != nil {
+				defer n.r.release(of)
+				h = &handle{r: n.r, of: of}
+			}
+		}
+	}
 	return n.r.setattr(ctx, n, h, in, out)
 }
 

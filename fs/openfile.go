@@ -343,6 +343,27 @@ func (t *openTable) peek(key fileKey) *openFile {
 	return of
 }
 
+// peekIno is peek by the inode number the mount reports (r.ino), for a
+// node whose path is gone (unlinked while open). It scans the table, which
+// holds only open files, and is used only on that path.
+func (r *root) peekIno(ino uint64) *openFile {
+	t := &r.files
+	t.mu.Lock()
+	var key fileKey
+	found := false
+	for k := range t.m {
+		if r.ino(&syscall.Stat_t{Dev: k.dev, Ino: k.ino}) == ino {
+			key, found = k, true
+			break
+		}
+	}
+	t.mu.Unlock()
+	if !found {
+		return nil
+	}
+	return t.peek(key)
+}
+
 // release drops a reference; the last one closes the fd.
 func (r *root) release(of *openFile) {
 	t := &r.files

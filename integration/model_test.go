@@ -352,11 +352,9 @@ func (w *modelWorker) step() {
 	case op < 65: // chmod
 		p := w.name()
 		mode := []uint32{0o600, 0o644, 0o755, 0o640, 0o400, 0o4755}[w.rng.Intn(6)]
-		if h = w.pickHandle(); h != nil && w.rng.Intn(2) == 0 && linked(h.ref) {
-			// Only linked files: fchmod of an unlinked open file is
-			// ENOENT on the mount (the kernel sends SETATTR without
-			// the handle and fs resolves the node by path), a known
-			// product bug listed in docs/threat-model.md's test map.
+		if h = w.pickHandle(); h != nil && w.rng.Intn(2) == 0 {
+			// Linked or unlinked: the kernel sends fchmod's SETATTR
+			// without the handle; fs finds an unlinked inode by number.
 			w.logOp("fchmod handle(%s) %o", h.path, mode)
 			w.same("fchmod", syscall.Fchmod(int(h.ref.Fd()), mode), syscall.Fchmod(int(h.mnt.Fd()), mode))
 		} else {
@@ -470,12 +468,6 @@ func mmapWrite(p string, off int64, b []byte) error {
 		err = uerr
 	}
 	return err
-}
-
-// linked reports whether the open file still has a name.
-func linked(f *os.File) bool {
-	var st syscall.Stat_t
-	return syscall.Fstat(int(f.Fd()), &st) == nil && st.Nlink > 0
 }
 
 func (w *modelWorker) pickHandle() *modelHandle {
