@@ -254,6 +254,14 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 			return fmt.Errorf("new file key for inode %d: %w", of.key.ino, err)
 		}
 		if err := cipherfile.Create(of.f, r.layout, h); err != nil {
+			// (ENOSPC, say.) Leave the file as it was, empty and
+			// uninitialised, and drop the key no file carries.
+			if terr := of.f.Truncate(0); terr != nil {
+				r.log.Warn("cannot empty a cipher file after a failed header write", "inode", of.key.ino, "err", terr.Error())
+			}
+			if ferr := r.keys.Forget(keyContext(ctx), h.FileID); ferr != nil {
+				r.log.Warn("cannot forget the key of a file not created", "inode", of.key.ino, "file_id", h.FileID.String(), "err", ferr.Error())
+			}
 			return err
 		}
 		return r.setCipher(of, cc, crypto.NewPreamble(r.layout, h.FileID))
