@@ -406,6 +406,22 @@ func (f *File) write(p []byte, plainOff int64, g geom) error {
 		*resealed = sealed // in place: the buffer holds a full chunk
 	}
 
+	// An extending write that rewrites the old last chunk (it starts
+	// inside it) seals it as non-last. Should the write fail half-way (a
+	// full disk), the file is cut back to its old size and that chunk's
+	// old sealed bytes put back, so it opens as the last chunk again.
+	var oldLastRaw *[]byte
+	if g.chunks > 0 && chunksNew > g.chunks && first <= oldLast && !g.badTail {
+		oldLastRaw = getBuf(int(f.cipherChunkSize))
+		defer putBuf(oldLastRaw)
+		cipherOff := f.l.CipherChunkOffset(oldLast)
+		n, err := f.fd.ReadAt((*oldLastRaw)[:g.cipherSize-cipherOff], cipherOff)
+		if err != nil {
+			return &ChunkError{Index: oldLast, Err: ioErr(err)}
+		}
+		*oldLastRaw = (*oldLastRaw)[:n]
+	}
+
 	k := f.cipherChunkSize
 	for b0 := first; b0 <= last; b0 += f.batchChunks {
 		b1 := min(last, b0+f.batchChunks-1)
@@ -443,8 +459,15 @@ func (f *File) write(p []byte, plainOff int64, g geom) error {
 		}
 		putBuf(obp)
 		if err != nil {
-			if resealed != nil || g.chunks == 0 { // only new chunks went out (a full disk): drop them, the old last chunk is still sealed as last
+			switch {
+			case resealed != nil || g.chunks == 0:
+				// Only new chunks went out: drop them; the old last
+				// chunk is still sealed as last.
 				_ = f.fd.Truncate(g.cipherSize)
+			case oldLastRaw != nil:
+				if terr := f.fd.Truncate(g.cipherSize); terr == nil {
+					_, _ = f.fd.WriteAt(*oldLastRaw, f.l.CipherChunkOffset(oldLast))
+				}
 			}
 			return err
 		}

@@ -48,8 +48,14 @@ func newCipher(t testing.TB, l crypto.Layout) *crypto.ContentCipher {
 // newTestFile creates an empty cipher file (head only) and its File.
 func newTestFile(t testing.TB, l crypto.Layout) *testFile {
 	t.Helper()
+	return newTestFileIn(t, l, t.TempDir())
+}
+
+// newTestFileIn is newTestFile in dir (a small tmpfs, say).
+func newTestFileIn(t testing.TB, l crypto.Layout, dir string) *testFile {
+	t.Helper()
 	c := newCipher(t, l)
-	path := filepath.Join(t.TempDir(), "f")
+	path := filepath.Join(dir, "f")
 	fd, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		t.Fatal(err)
