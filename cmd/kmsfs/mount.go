@@ -109,6 +109,7 @@ type mountTarget struct {
 	mountpoint string
 	conf       cipherdir.Config
 	spec       providerSpec
+	writable   bool // the cipher directory can be written to
 }
 
 func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, error) {
@@ -133,6 +134,8 @@ func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, erro
 	if t.spec, err = providerSpecOf(g, t.conf); err != nil {
 		return t, err
 	}
+	// access(2) answers EROFS for a read-only mount, EACCES for modes.
+	t.writable = unix.Access(t.cipherDir, unix.W_OK) == nil
 	return t, nil
 }
 
@@ -173,6 +176,11 @@ func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer
 		return err
 	}
 	if err := checkFuseAccess(f.allowOther); err != nil {
+		report(err)
+		return err
+	}
+	if !t.writable && !f.readOnly {
+		err := fmt.Errorf("%s cannot be written to (a read-only file system or its permissions): mount it with --ro", t.cipherDir)
 		report(err)
 		return err
 	}
@@ -252,6 +260,16 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 		return fmt.Errorf("pass the passphrase to the mount process: %w", werr)
 	}
 	logPath := cipherdir.MountLogPath(t.cipherDir)
+	if !t.writable {
+		// A read-only cipher directory (--ro): the log goes to the
+		// runtime directory, next to the mount record.
+		rt, err := cipherdir.RuntimeDir()
+		if err != nil {
+			readyW.Close()
+			return err
+		}
+		logPath = strings.TrimSuffix(cipherdir.RecordPath(rt, t.mountpoint), ".json") + ".log"
+	}
 	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		readyW.Close()
@@ -391,12 +409,19 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 		}
 	}()
 
-	ks, err := openKeyStack(ctx, t.cipherDir, t.conf, t.spec, pass, stackOptions{
+	so := stackOptions{
 		index:        healingIndex,
 		cacheEntries: cacheEntries,
 		poolSize:     poolSize,
 		logger:       log,
-	})
+	}
+	if !t.writable {
+		// A read-only cipher directory (checked: only with --ro): no
+		// index to open or heal (each open reads the file's own
+		// header), and no audit log to append to, which is said once.
+		so.index, so.auditOptional, so.warn = noIndex, true, os.Stderr
+	}
+	ks, err := openKeyStack(ctx, t.cipherDir, t.conf, t.spec, pass, so)
 	if err != nil {
 		return err
 	}
