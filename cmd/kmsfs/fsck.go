@@ -8,9 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"sort"
-	"strconv"
 	"syscall"
-	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -108,15 +106,13 @@ func runFsck(arg string, repair bool, out, errw io.Writer) error {
 			r.ix = nil
 			break
 		}
-		if _, serr := os.Stat(indexPath); serr == nil {
-			aside := indexPath + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
-			if err := os.Rename(indexPath, aside); err != nil {
-				return fmt.Errorf("move corrupt header index aside: %w", err)
-			}
+		var aside string
+		r.ix, aside, err = replaceIndex(indexPath, nil)
+		if aside != "" {
 			r.notes = append(r.notes, "moved the corrupt header index to "+aside)
 		}
-		if r.ix, err = keymgr.OpenIndex(indexPath, keymgr.IndexOptions{}); err != nil {
-			return fmt.Errorf("create a fresh header index: %w", err)
+		if err != nil {
+			return err
 		}
 		r.add(finding{id: "-", problem: "header index did not open: rebuilt from the header mirrors", repaired: true, fixable: true})
 	default:

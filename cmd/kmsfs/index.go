@@ -15,9 +15,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -258,13 +256,9 @@ func openIndexForRestore(dir string, st *restoreStats) (*keymgr.Index, error) {
 	case errors.Is(err, keymgr.ErrIndexLocked):
 		return nil, indexMounted(dir, "restore its index")
 	case errors.Is(err, keymgr.ErrIndexCorrupt):
-		aside := path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
-		if err := os.Rename(path, aside); err != nil {
-			return nil, fmt.Errorf("header index %s does not open and cannot be moved aside: %w", path, err)
-		}
-		st.movedAside = aside
-		if ix, err = keymgr.OpenIndex(path, keymgr.IndexOptions{}); err != nil {
-			return nil, fmt.Errorf("fresh header index %s: %w", path, err)
+		ix, st.movedAside, err = replaceIndex(path, nil)
+		if err != nil {
+			return nil, fmt.Errorf("header index %s does not open: %w", path, err)
 		}
 		return ix, nil
 	default:

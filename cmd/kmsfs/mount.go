@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -365,16 +364,13 @@ func openIndexHealing(dir string, log *slog.Logger) (*keymgr.Index, error) {
 	case errors.Is(err, keymgr.ErrIndexLocked):
 		return nil, errMountedElsewhere(dir)
 	case errors.Is(err, keymgr.ErrIndexCorrupt):
-		aside := path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, fmt.Errorf("header index %s is corrupt and cannot be moved aside (%v): run kmsfs fsck --repair %s", path, rerr, dir)
+		cause := err
+		ix, aside, err := replaceIndex(path, log)
+		if err != nil {
+			return nil, fmt.Errorf("header index %s is corrupt and cannot be replaced (%v): run kmsfs fsck --repair %s", path, err, dir)
 		}
 		log.Warn("header index corrupt: moved aside, starting a fresh one; files heal from their header mirrors on open; kmsfs fsck --repair rebuilds it at once",
-			"index", path, "moved_to", aside, "error", err)
-		ix, err = keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
-		if err != nil {
-			return nil, fmt.Errorf("fresh header index %s: %w", path, err)
-		}
+			"index", path, "moved_to", aside, "error", cause)
 		return ix, nil
 	default:
 		return nil, fmt.Errorf("header index %s: %w", path, err)

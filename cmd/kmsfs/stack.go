@@ -16,7 +16,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -257,4 +259,32 @@ func fileIDString(id crypto.FileID, ok bool) string {
 		return "-"
 	}
 	return id.String()
+}
+
+// replaceIndex moves the index at path aside, if there is one, to
+// PATH.corrupt-<unix time> (with -2, -3, ... after it when a name is
+// taken: two repairs may fall in one second), and opens a fresh, empty
+// index in its place. It returns the fresh index and where the old one
+// went ("" when there was none). Files refill a fresh index from their
+// header mirrors.
+func replaceIndex(path string, log *slog.Logger) (*keymgr.Index, string, error) {
+	aside := ""
+	if _, err := os.Lstat(path); err == nil {
+		base := path + ".corrupt-" + strconv.FormatInt(time.Now().Unix(), 10)
+		aside = base
+		for n := 2; ; n++ {
+			if _, err := os.Lstat(aside); errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			aside = base + "-" + strconv.Itoa(n)
+		}
+		if err := os.Rename(path, aside); err != nil {
+			return nil, "", fmt.Errorf("move header index %s aside: %w", path, err)
+		}
+	}
+	ix, err := keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
+	if err != nil {
+		return nil, aside, fmt.Errorf("create a fresh header index %s: %w", path, err)
+	}
+	return ix, aside, nil
 }
