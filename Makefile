@@ -5,16 +5,24 @@ CIPHER   ?= ./demo.cipher
 MNT      ?= ./demo.plain
 FUZZTIME ?= 30s
 
-.PHONY: build test bench bench-deps bench-rewrap fuzz fuzz-ci mount lint clean
+.PHONY: build test test-deps bench bench-deps bench-rewrap fuzz fuzz-ci mount lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/kmsfs
 
 # The integration tests mount for real: they need root or fuse3
-# (fusermount3) and /dev/fuse, and skip without them.
-test:
+# (fusermount3) and /dev/fuse, and skip without them. The aws provider's
+# tests run against local-kms, a real KMS API server they start on
+# 127.0.0.1: installed here with go install when missing, and required.
+LOCAL_KMS_VERSION := v0.0.0-20260228092603-2a5e92d09ab6
+LOCAL_KMS         := $(shell $(GO) env GOPATH)/bin/local-kms
+
+test-deps:
+	@test -x $(LOCAL_KMS) || $(GO) install github.com/nsmithuk/local-kms@$(LOCAL_KMS_VERSION)
+
+test: test-deps
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 25m ./...
+	KMSFS_LOCAL_KMS=$(LOCAL_KMS) KMSFS_REQUIRE_LOCAL_KMS=1 $(GO) test -race -count=1 -timeout 25m ./...
 
 # The hot paths in isolation (chunk seal/open against raw AES-GCM, the DEK
 # cache and index lookups, content I/O), then the filesystem comparison of
