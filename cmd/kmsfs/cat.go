@@ -40,19 +40,11 @@ func runCat(ctx context.Context, g *globals, dirArg, pathArg string, out, errw i
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, err := openOfflineStack(ctx, g, dirArg, errw)
+	ks, rel, path, fi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
-	rel, err := plainRel(ks.conf, pathArg)
-	if err != nil {
-		return err
-	}
-	path, fi, err := resolveBeneath(ks.dir, rel)
-	if err != nil {
-		return err
-	}
 	switch {
 	case fi.IsDir():
 		return fmt.Errorf("%s is a directory: use kmsfs export to decrypt a tree", rel)

@@ -67,19 +67,11 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, err := openOfflineStack(ctx, g, dirArg, errw)
+	ks, rel, root, rootFi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
-	rel, err := plainRel(ks.conf, pathArg)
-	if err != nil {
-		return err
-	}
-	root, rootFi, err := resolveBeneath(ks.dir, rel)
-	if err != nil {
-		return err
-	}
 	dest, err := filepath.Abs(destArg)
 	if err != nil {
 		return err

@@ -174,6 +174,24 @@ func openOfflineStack(ctx context.Context, g *globals, arg string, warn io.Write
 	})
 }
 
+// openOfflineTarget opens the offline key stack of CIPHERDIR (dirArg) and
+// resolves PATH (pathArg, a plain path) in it: the stack, PATH cleaned
+// and relative to the root, its cipher path and its FileInfo (not
+// followed). The caller closes the stack.
+func openOfflineTarget(ctx context.Context, g *globals, dirArg, pathArg string, warn io.Writer) (ks *keyStack, rel, path string, fi os.FileInfo, err error) {
+	if ks, err = openOfflineStack(ctx, g, dirArg, warn); err != nil {
+		return nil, "", "", nil, err
+	}
+	if rel, err = plainRel(ks.conf, pathArg); err == nil {
+		path, fi, err = resolveBeneath(ks.dir, rel)
+	}
+	if err != nil {
+		ks.Close()
+		return nil, "", "", nil, err
+	}
+	return ks, rel, path, fi, nil
+}
+
 // plainRel checks PATH, a plain path relative to the mount root, and
 // returns it cleaned with OS separators ("." for the root). In format
 // version 1 names are stored as themselves, so it is also the cipher path

@@ -82,19 +82,11 @@ func runVerify(ctx context.Context, g *globals, dirArg, pathArg string, jobs int
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, err := openOfflineStack(ctx, g, dirArg, errw)
+	ks, rel, root, fi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
 	if err != nil {
 		return err
 	}
 	defer ks.Close()
-	rel, err := plainRel(ks.conf, pathArg)
-	if err != nil {
-		return err
-	}
-	root, fi, err := resolveBeneath(ks.dir, rel)
-	if err != nil {
-		return err
-	}
 	var targets []verifyTarget
 	switch {
 	case fi.Mode().IsRegular():
