@@ -270,15 +270,19 @@ func FuzzPlainSize(f *testing.F) {
 		if !errors.Is(err, ErrBadSize) {
 			t.Fatalf("error without ErrBadSize: %v", err)
 		}
-		// The best answer covers whole chunks only, never past the file;
-		// below the content offset it is 0.
+		// Below the content offset the answer is 0. For a cut tail of r
+		// = 1..28 bytes it is the whole chunks' plain bytes plus r, so a
+		// reader reaches the cut chunk: never a whole number of chunks,
+		// and the whole chunks alone never reach past the file.
 		if cipherSize < l.ContentOffset() {
 			if p != 0 {
 				t.Fatalf("layout %+v: PlainSize(%d) = %d, want 0", l, cipherSize, p)
 			}
 			return
 		}
-		if back > cipherSize || p%l.ChunkSize() != 0 {
+		r := p % l.ChunkSize()
+		whole := p - r
+		if r < 1 || r > ChunkOverhead || l.CipherSize(whole)+r != cipherSize {
 			t.Fatalf("layout %+v: invalid size %d answered %d (cipher %d)", l, cipherSize, p, back)
 		}
 	})
