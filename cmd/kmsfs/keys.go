@@ -102,6 +102,11 @@ the keyring at once; the key's metadata is printed.`,
 		func(k *keymgr.Keyring, ref string) (keymgr.KeyMetadata, error) { return k.SetEnabled(ref, false) })
 	enable := change("enable", "enable a disabled key",
 		func(k *keymgr.Keyring, ref string) (keymgr.KeyMetadata, error) { return k.SetEnabled(ref, true) })
+	// A disabled key stops new files at once: running mounts drop the
+	// data keys their pools generated ahead under it (and refill them
+	// once it is enabled again). Files whose keys are cached stay open.
+	disable.PostRun = func(*cobra.Command, []string) { notifyKeyChanged() }
+	enable.PostRun = func(*cobra.Command, []string) { notifyKeyChanged() }
 	aliasCmd := &cobra.Command{
 		Use:   "alias NAME REF",
 		Short: "point alias NAME (alias/NAME) at a key, creating or moving it",
