@@ -185,16 +185,30 @@ func (p *localProvider) retryAfterReload(fn func() error) error {
 	return err
 }
 
-func (p *localProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
+// call runs fn under the keyring's read lock for one operation: it refuses
+// a cancelled ctx, looks for a keyring file changed by another process, and
+// runs fn once more after a forced reload when the key or version is not
+// held yet (retryAfterReload). Errors say "local <op>".
+func (p *localProvider) call(ctx context.Context, op string, fn func(k *Keyring) error) error {
 	if err := ctx.Err(); err != nil {
-		return DataKey{}, fmt.Errorf("local GenerateDataKey: %w", err)
+		return fmt.Errorf("local %s: %w", op, err)
 	}
 	p.maybeReload(false)
-	var dk DataKey
 	err := p.retryAfterReload(func() error {
 		k := p.kr
 		k.mu.RLock()
 		defer k.mu.RUnlock()
+		return fn(k)
+	})
+	if err != nil {
+		return fmt.Errorf("local %s: %w", op, err)
+	}
+	return nil
+}
+
+func (p *localProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
+	var dk DataKey
+	err := p.call(ctx, "GenerateDataKey", func(k *Keyring) error {
 		c, err := k.resolveLocked(keyRef)
 		if err != nil {
 			return err
@@ -214,22 +228,12 @@ func (p *localProvider) GenerateDataKey(ctx context.Context, keyRef string, ec E
 		dk = DataKey{Plaintext: dek, Ciphertext: edk, KeyARN: k.keyARN(c), KeyVersion: v}
 		return nil
 	})
-	if err != nil {
-		return DataKey{}, fmt.Errorf("local GenerateDataKey: %w", err)
-	}
-	return dk, nil
+	return dk, err
 }
 
 func (p *localProvider) Decrypt(ctx context.Context, keyRef string, blob []byte, ec EncryptionContext) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("local Decrypt: %w", err)
-	}
-	p.maybeReload(false)
 	var dek []byte
-	err := p.retryAfterReload(func() error {
-		k := p.kr
-		k.mu.RLock()
-		defer k.mu.RUnlock()
+	err := p.call(ctx, "Decrypt", func(k *Keyring) error {
 		c, err := k.resolveLocked(keyRef)
 		if err != nil {
 			return err
@@ -238,21 +242,14 @@ func (p *localProvider) Decrypt(ctx context.Context, keyRef string, blob []byte,
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("local Decrypt: %w", err)
+		return nil, err
 	}
 	return dek, nil
 }
 
 func (p *localProvider) ReEncrypt(ctx context.Context, srcKeyRef string, blob []byte, ec EncryptionContext, dstKeyRef string) (DataKey, error) {
-	if err := ctx.Err(); err != nil {
-		return DataKey{}, fmt.Errorf("local ReEncrypt: %w", err)
-	}
-	p.maybeReload(false)
 	var dk DataKey
-	err := p.retryAfterReload(func() error {
-		k := p.kr
-		k.mu.RLock()
-		defer k.mu.RUnlock()
+	err := p.call(ctx, "ReEncrypt", func(k *Keyring) error {
 		src, err := k.resolveLocked(srcKeyRef)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
@@ -276,25 +273,17 @@ func (p *localProvider) ReEncrypt(ctx context.Context, srcKeyRef string, blob []
 		dk = DataKey{Ciphertext: edk, KeyARN: k.keyARN(dst), KeyVersion: v}
 		return nil
 	})
-	if err != nil {
-		return DataKey{}, fmt.Errorf("local ReEncrypt: %w", err)
-	}
-	return dk, nil
+	return dk, err
 }
 
 func (p *localProvider) DescribeKey(ctx context.Context, keyRef string) (KeyMetadata, error) {
-	if err := ctx.Err(); err != nil {
-		return KeyMetadata{}, fmt.Errorf("local DescribeKey: %w", err)
-	}
-	p.maybeReload(false)
 	var md KeyMetadata
-	err := p.retryAfterReload(func() error {
-		var err error
-		md, err = p.kr.Resolve(keyRef)
+	err := p.call(ctx, "DescribeKey", func(k *Keyring) error {
+		c, err := k.resolveLocked(keyRef)
+		if err == nil {
+			md = k.metadataLocked(c)
+		}
 		return err
 	})
-	if err != nil {
-		return KeyMetadata{}, fmt.Errorf("local DescribeKey: %w", err)
-	}
-	return md, nil
+	return md, err
 }
