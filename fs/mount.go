@@ -85,6 +85,11 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 		AttrTimeout:     &attr,
 		NegativeTimeout: &negative,
 		RootStableAttr:  &gofs.StableAttr{Ino: r.rootIno},
+		// Report modes as they are: without it go-fuse shows a file
+		// of mode 0000 as 0644 (and a directory as 0755), which the
+		// kernel would then enforce for other users under
+		// --allow-other.
+		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			AllowOther:  mo.AllowOther,
 			MaxWrite:    1 << 20,
@@ -105,14 +110,26 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 		fo.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 		r.writeback = true
 	}
-	// default_permissions: the kernel checks every access against the
-	// modes and owners we report (the cipher files' own), as on a local
-	// filesystem, before a request reaches this process. It costs a
-	// GETATTR of the parent before many creates and unlinks (each one
-	// invalidates the directory's cached attributes; docs/performance.md),
-	// but it keeps permission semantics independent of which user the
-	// mount process runs as, and it is what --allow-other relies on.
-	fo.MountOptions.Options = append(fo.MountOptions.Options, "default_permissions")
+	// Who may do what:
+	//   - Without --allow-other the kernel lets only the mounting user's
+	//     processes into the mount (others, root included, get EACCES),
+	//     and this process, running as that same user, reaches the cipher
+	//     directory with that user's credentials: the backing
+	//     filesystem's own checks on the cipher files (whose modes and
+	//     owners are the plain files') refuse what the user may not do,
+	//     and access(2) is answered from the same modes (go-fuse's
+	//     default Access). No default_permissions then: it would cost a
+	//     GETATTR of the parent directory before most creates, unlinks,
+	//     mkdirs and renames (each one invalidates the directory's cached
+	//     attributes in the kernel; docs/performance.md). gocryptfs and
+	//     securefs mount the same way.
+	//   - With --allow-other other users come in and this process may run
+	//     as root: the kernel must check every access against the modes
+	//     and owners we report before a request reaches us
+	//     (default_permissions), as on a local filesystem.
+	if mo.AllowOther {
+		fo.MountOptions.Options = append(fo.MountOptions.Options, "default_permissions")
+	}
 	if o.ReadOnly {
 		fo.MountOptions.Options = append(fo.MountOptions.Options, "ro")
 		fo.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY

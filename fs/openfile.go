@@ -66,6 +66,9 @@ func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat
 	var err error
 	if !r.ro {
 		fd, err = openNoatime(path, syscall.O_RDWR|base)
+		if err == syscall.EACCES && write {
+			fd, err = openWriteOnly(path, base)
+		}
 		writable = err == nil
 		if err != nil && (write || !(err == syscall.EACCES || err == syscall.EPERM || err == syscall.EROFS || err == syscall.ETXTBSY)) {
 			return nil, false, st, 0, err
@@ -98,6 +101,36 @@ func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat
 	}
 	// The name shows up in error texts: an inode number, never a path.
 	return os.NewFile(uintptr(fd), fmt.Sprintf("cipher inode %d", st.Ino)), writable, st, gen, nil
+}
+
+// openWriteOnly opens a file its owner may write but not read (mode
+// u+w, u-r) for writing. Every write reads the cipher file (headers,
+// partial chunks), so this process needs it open O_RDWR: it lends the
+// owner read permission for the open(2) and takes it back at once (the
+// file's mode is as before; its ctime moves). Only the owner gets here:
+// anyone else keeps the EACCES of the first open.
+func openWriteOnly(path string, flags int) (int, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(path, &st); err != nil {
+		return -1, syscall.EACCES
+	}
+	mode := st.Mode & 0o7777
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || int(st.Uid) != syscall.Geteuid() || mode&0o600 != 0o200 {
+		return -1, syscall.EACCES
+	}
+	if err := syscall.Chmod(path, mode|0o400); err != nil {
+		return -1, syscall.EACCES
+	}
+	fd, err := openNoatime(path, syscall.O_RDWR|flags)
+	if err != nil {
+		syscall.Chmod(path, mode)
+		return -1, err
+	}
+	if err := syscall.Fchmod(fd, mode); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // openNoatime opens with O_NOATIME when allowed (owner or root): reading a

@@ -75,9 +75,10 @@ func TestMountProcessHardening(t *testing.T) {
 }
 
 // TestMountIsPrivate: without --allow-other another user cannot even stat
-// the mount's contents (EACCES from the kernel), and the kernel checks
-// modes (default_permissions); with --allow-other that user reads a 0644
-// file and is refused a 0600 one.
+// the mount's contents (EACCES from the kernel); with --allow-other the
+// kernel checks modes (default_permissions) and that user reads a 0644
+// file and is refused a 0600 and a 0000 one. (The owner's own rights
+// without --allow-other: TestUnprivilegedUser.)
 func TestMountIsPrivate(t *testing.T) {
 	requireKmsfs(t)
 	u := needTestUser(t)
@@ -104,10 +105,17 @@ func TestMountIsPrivate(t *testing.T) {
 	if err := os.Chmod(priv, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	line := mountinfoLine(f.mnt)
-	if !strings.Contains(line, "default_permissions") {
-		t.Errorf("mountinfo of %s: got %q, want default_permissions", f.mnt, line)
+	none := filepath.Join(f.mnt, "none.txt")
+	if err := os.WriteFile(none, []byte("mode 0000 content\n"), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	if err := os.Chmod(none, 0); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(none); err != nil || fi.Mode().Perm() != 0 {
+		t.Errorf("stat of a file after chmod 0000: %v, %v; want mode 0000", fi, err)
+	}
+	line := mountinfoLine(f.mnt)
 	if strings.Contains(line, "allow_other") {
 		t.Errorf("mountinfo of %s: got %q, want no allow_other without --allow-other", f.mnt, line)
 	}
@@ -129,8 +137,10 @@ func TestMountIsPrivate(t *testing.T) {
 	if out, code := runAsUser(t, u, userEnv, "cat", pub); code != 0 || out != "public content\n" {
 		t.Errorf("cat a 0644 file as %s with --allow-other: exit %d, %q; want its content", u.name, code, out)
 	}
-	if out, code := runAsUser(t, u, userEnv, "cat", priv); code == 0 || !strings.Contains(out, "Permission denied") {
-		t.Errorf("cat a 0600 file as %s with --allow-other: exit %d, %q; want Permission denied", u.name, code, out)
+	for _, p := range []string{priv, none} {
+		if out, code := runAsUser(t, u, userEnv, "cat", p); code == 0 || !strings.Contains(out, "Permission denied") {
+			t.Errorf("cat %s as %s with --allow-other: exit %d, %q; want Permission denied", filepath.Base(p), u.name, code, out)
+		}
 	}
 	// Writing into a 0755 root-owned directory is refused too.
 	if out, code := runAsUser(t, u, userEnv, "sh", "-c", "echo x > "+filepath.Join(f.mnt, "intruder")); code == 0 {
