@@ -91,9 +91,10 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 }
 
 // Flush has nothing to do: writes reach the cipher file before Write
-// returns, and their errors are returned there. (With the writeback cache
-// the kernel writes its dirty pages back before it sends FLUSH, so close(2)
-// still reports a failed write.)
+// returns, and their errors are returned there; opens answer
+// FOPEN_NOFLUSH, so the kernel does not even ask (root.openFlags). (With
+// the writeback cache the kernel writes its dirty pages back and sends
+// FLUSH on close regardless, so close(2) still reports a failed write.)
 func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {

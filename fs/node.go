@@ -277,11 +277,21 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if errno != 0 {
 		return nil, 0, errno
 	}
-	var fuseFlags uint32
+	return h, n.r.openFlags(h), 0
+}
+
+// openFlags are the FOPEN_* flags of an open or create reply for h.
+//
+// FOPEN_NOFLUSH: close(2) sends no FLUSH (a round trip on every close),
+// since Flush has nothing to do while writes reach the cipher file before
+// Write returns. With the writeback cache the kernel ignores the flag and
+// flushes its dirty pages on close as it must.
+func (r *root) openFlags(h *handle) uint32 {
+	flags := uint32(fuse.FOPEN_NOFLUSH)
 	if h.keepCache {
-		fuseFlags |= fuse.FOPEN_KEEP_CACHE
+		flags |= fuse.FOPEN_KEEP_CACHE
 	}
-	return h, fuseFlags, 0
+	return flags
 }
 
 func isWrite(flags uint32) bool {
@@ -328,7 +338,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 			n.r.release(h.of)
 			return nil, nil, 0, errno
 		}
-		return ch, h, 0, 0
+		return ch, h, n.r.openFlags(h), 0
 	}
 	if err != nil {
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
@@ -372,7 +382,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	out.Attr.FromStat(&st)
 	out.Attr.Size = uint64(n.r.plainSizeOf(st.Size))
 	ch := n.NewInode(ctx, &node{r: n.r}, n.r.stableAttr(&st, gen))
-	return ch, h, 0, 0
+	return ch, h, n.r.openFlags(h), 0
 }
 
 // Tmpfile makes an unnamed file (open(2) with O_TMPFILE): a cipher file
@@ -418,7 +428,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	n.r.fillAttr(&st, &out.Attr)
 	key := of.key
 	ch := n.NewInode(ctx, &node{r: n.r, tmp: &key}, n.r.stableAttr(&st, gen))
-	return ch, &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}, 0, 0
+	h := &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
+	return ch, h, n.r.openFlags(h), 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
