@@ -12,7 +12,9 @@ package keymgr
 //	value crypto.Header.Marshal(), the header body of docs/format.md
 //	      (about 160 bytes with the local provider, 300 with AWS KMS)
 //
-// Durability: writes are not synced (SyncWrites false). A write survives a
+// Durability: writes are not synced (SyncWrites false), and the entries
+// of creates and unlinks are queued and committed in batches by a writer
+// goroutine (PutLater, DeleteLater; indexqueue.go). A write survives a
 // crash of the process (badger's write-ahead log is in the page cache) but
 // not necessarily a power cut. That is enough because the index is a cache
 // of data that is also on disk, fsync'ed, in every cipher file: each file
@@ -76,7 +78,9 @@ type Index struct {
 	closed bool
 
 	stop chan struct{}
-	done chan struct{}
+	done chan struct{} // closed when gcLoop has returned
+
+	q indexQueue // write-behind of PutLater and DeleteLater (indexqueue.go)
 }
 
 // OpenIndex opens (creating unless read-only) the index in dir. A directory
@@ -132,11 +136,14 @@ func OpenIndex(dir string, o IndexOptions) (*Index, error) {
 		db:       db,
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
+		q:        newIndexQueue(),
 	}
 	if o.ReadOnly {
 		close(ix.done)
+		close(ix.q.done)
 	} else {
 		go ix.gcLoop()
+		go ix.writeLoop()
 	}
 	return ix, nil
 }
@@ -205,6 +212,12 @@ func (ix *Index) use(fn func(db *badger.DB) error) error {
 // ErrIndexCorrupt when the stored value does not decode or names another
 // file.
 func (ix *Index) Get(id crypto.FileID) (crypto.Header, error) {
+	if val, ok := ix.q.queued(id); ok {
+		if val == nil {
+			return crypto.Header{}, fmt.Errorf("index get %s: %w", id, ErrNotIndexed)
+		}
+		return decodeIndexValue(id, val)
+	}
 	var val []byte
 	err := ix.use(func(db *badger.DB) error {
 		return db.View(func(txn *badger.Txn) error {
@@ -248,6 +261,9 @@ func (ix *Index) Put(h crypto.Header) error {
 // putRaw stores val unchecked (Put, and tests that plant bad values).
 func (ix *Index) putRaw(id crypto.FileID, val []byte) error {
 	err := ix.use(func(db *badger.DB) error {
+		ix.q.commitMu.Lock()
+		defer ix.q.commitMu.Unlock()
+		ix.q.dropQueued(id)
 		return db.Update(func(txn *badger.Txn) error {
 			return txn.Set(indexKey(id), val)
 		})
@@ -261,6 +277,9 @@ func (ix *Index) putRaw(id crypto.FileID, val []byte) error {
 // Delete removes the entry of id; deleting an absent entry is not an error.
 func (ix *Index) Delete(id crypto.FileID) error {
 	err := ix.use(func(db *badger.DB) error {
+		ix.q.commitMu.Lock()
+		defer ix.q.commitMu.Unlock()
+		ix.q.dropQueued(id)
 		return db.Update(func(txn *badger.Txn) error {
 			return txn.Delete(indexKey(id))
 		})
@@ -276,6 +295,9 @@ func (ix *Index) Delete(id crypto.FileID) error {
 // returns it. A value that does not decode stops the walk with an error
 // wrapping ErrIndexCorrupt and naming the file.
 func (ix *Index) ForEach(fn func(crypto.Header) error) error {
+	if err := ix.Flush(); err != nil {
+		return err
+	}
 	return ix.use(func(db *badger.DB) error {
 		return db.View(func(txn *badger.Txn) error {
 			it := txn.NewIterator(badger.IteratorOptions{PrefetchValues: true, PrefetchSize: 64, Prefix: []byte(indexKeyPrefix)})
@@ -315,6 +337,9 @@ func idOfKey(key []byte) (crypto.FileID, error) {
 
 // Count is the number of indexed files.
 func (ix *Index) Count() (int, error) {
+	if err := ix.Flush(); err != nil {
+		return 0, err
+	}
 	n := 0
 	err := ix.use(func(db *badger.DB) error {
 		return db.View(func(txn *badger.Txn) error {
@@ -336,6 +361,9 @@ func (ix *Index) Count() (int, error) {
 // (DB.Backup: length-prefixed protobuf KV lists), from one consistent
 // snapshot. It works on a read-only index.
 func (ix *Index) Backup(w io.Writer) error {
+	if err := ix.Flush(); err != nil {
+		return err
+	}
 	err := ix.use(func(db *badger.DB) error {
 		_, err := db.Backup(w, 0)
 		return err
@@ -358,6 +386,9 @@ const maxBackupFrame = 256 << 20
 // be written, so callers load into a scratch index first. The index must
 // be writable.
 func (ix *Index) Load(r io.Reader) error {
+	if err := ix.Flush(); err != nil {
+		return err
+	}
 	if ix.readOnly {
 		return fmt.Errorf("load into header index %s: opened read-only", ix.dir)
 	}
@@ -447,7 +478,8 @@ func (ix *Index) runGC() {
 	}
 }
 
-// Close stops the GC goroutine and closes the database, flushing it.
+// Close stops the GC goroutine, commits the queued changes and closes the
+// database, flushing it.
 // Calling Close twice is harmless.
 func (ix *Index) Close() error {
 	ix.mu.Lock()
@@ -461,6 +493,7 @@ func (ix *Index) Close() error {
 	}
 	ix.mu.Unlock()
 	<-ix.done
+	<-ix.q.done
 	if err := ix.db.Close(); err != nil {
 		return fmt.Errorf("close header index %s: %w", ix.dir, err)
 	}

@@ -224,7 +224,10 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 		return crypto.Header{}, nil, fmt.Errorf("new file %s: %w", k.ID, err)
 	}
 	if m.index != nil {
-		if err := m.index.Put(h); err != nil {
+		// Queued (indexqueue.go): the file's own header, which the
+		// caller writes next, is the copy the index is healed from if a
+		// crash loses the queue.
+		if err := m.index.PutLater(h); err != nil {
 			return crypto.Header{}, nil, fmt.Errorf("new file %s: %w", k.ID, err)
 		}
 	}
@@ -442,7 +445,7 @@ func (m *Manager) Forget(ctx context.Context, id crypto.FileID) error {
 	if m.index == nil {
 		return nil
 	}
-	if err := m.index.Delete(id); err != nil {
+	if err := m.index.DeleteLater(id); err != nil {
 		return fmt.Errorf("forget file %s: %w", id, err)
 	}
 	return nil
