@@ -11,11 +11,25 @@
 //	go run ./integration/bench            # full: about 12 minutes
 //	QUICK=1 go run ./integration/bench    # small sizes, for development
 //
+// Each system, in each round, runs on its own fresh ext4 filesystem (-fs
+// ext4, the default): a sparse image file in the -dir directory, made with
+// mkfs.ext4's defaults (so with a journal), attached to a loop device with
+// direct I/O (the I/O reaches the disk under -dir, and pages are not cached
+// twice) and mounted on the system's work dir, -dir/<system>. All systems
+// thus start from the same state, whatever ran before them: on an ext4
+// without a journal, for one, the inode allocator skips the inodes deleted
+// in the last minutes, and creates in a directory churned by the previous
+// system run up to 10x slower. -fs dir runs every system directly in -dir,
+// as before; it is also the fallback when not root or when mkfs.ext4 or
+// losetup is missing.
+//
 // Flags and environment: -rounds (ROUNDS, default 2), -dir (BENCH_DIR,
 // default /var/tmp/kmsfs-bench: it must be on a real disk, not tmpfs),
-// -only a,b (BENCH_ONLY), -kmsfs BIN (default: built from this module),
-// -cpuprofile DIR (kmsfs mounts write a CPU profile there), -gobench FILE
-// (output of the crypto micro-benchmarks, for the crypto target).
+// -fs ext4|dir (BENCH_FS, default ext4), -only a,b (BENCH_ONLY), -workloads
+// seq,rand,small,tar (BENCH_WORKLOADS), -kmsfs BIN (default: built from
+// this module), -cpuprofile DIR (kmsfs mounts write a CPU profile there),
+// -gobench FILE (output of the crypto micro-benchmarks, for the crypto
+// target).
 //
 // It is a tool, not a test: nothing imports it and `go test` has nothing
 // to run in it.
@@ -24,6 +38,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -37,6 +52,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cacheEntries is the DEK cache capacity of a kmsfs mount
@@ -45,6 +62,9 @@ const cacheEntries = 100000
 
 type bench struct {
 	dir        string
+	fs         string // "ext4": a fresh ext4 per system and round; "dir": directly in dir
+	dioOff     bool   // a loop device came up without direct I/O
+	imgSize    int64  // bytes of the last ext4 image
 	sizes      sizes
 	rounds     int
 	kmsfs      string
@@ -82,6 +102,11 @@ func main() {
 	flag.BoolVar(&quick, "quick", quick, "small sizes for development (env QUICK=1)")
 	flag.IntVar(&b.rounds, "rounds", rounds, "rounds per system, alternating order (env ROUNDS)")
 	flag.StringVar(&b.dir, "dir", dir, "work directory on the disk to measure (env BENCH_DIR)")
+	fsMode := os.Getenv("BENCH_FS")
+	if fsMode == "" {
+		fsMode = "ext4"
+	}
+	flag.StringVar(&b.fs, "fs", fsMode, "where each system runs: ext4 (a fresh ext4 in a loop device, per system and round) or dir (directly in -dir) (env BENCH_FS)")
 	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,gocryptfs,securefs,kmsfs,kmsfs-aws)")
 	flag.StringVar(&b.kmsfs, "kmsfs", "", "kmsfs binary (default: go build ./cmd/kmsfs)")
 	flag.StringVar(&b.profileDir, "cpuprofile", "", "directory for CPU profiles of the kmsfs mounts")
@@ -116,6 +141,21 @@ func (b *bench) run(only string, quick bool) error {
 	}
 	if err := os.MkdirAll(b.dir, 0o755); err != nil {
 		return err
+	}
+	// The real path, as /proc/self/mountinfo and the loop devices' backing
+	// files name it.
+	if b.dir, err = filepath.EvalSymlinks(b.dir); err != nil {
+		return err
+	}
+	switch b.fs {
+	case "ext4":
+		if why := ext4Unavailable(); why != "" {
+			b.logf("warning: -fs ext4: %s: falling back to -fs dir (every system directly in %s)", why, b.dir)
+			b.fs = "dir"
+		}
+	case "dir":
+	default:
+		return fmt.Errorf("-fs %q: want ext4 or dir", b.fs)
 	}
 	if b.profileDir != "" {
 		if b.profileDir, err = filepath.Abs(b.profileDir); err != nil {
@@ -192,18 +232,29 @@ func (b *bench) run(only string, quick bool) error {
 	return nil
 }
 
-// runOne mounts s fresh, runs the workloads and unmounts.
-func (b *bench) runOne(s *system) (map[string]float64, error) {
+// runOne mounts s fresh (on a fresh ext4 with -fs ext4), runs the
+// workloads, unmounts and cleans up, on errors too.
+func (b *bench) runOne(s *system) (res map[string]float64, err error) {
 	work := filepath.Join(b.dir, s.name)
-	if err := cleanWork(work); err != nil {
+	if err := b.cleanWork(work); err != nil {
 		return nil, err
+	}
+	defer func() {
+		if cerr := b.cleanWork(work); cerr != nil && err == nil {
+			res, err = nil, cerr
+		}
+	}()
+	if b.fs == "ext4" {
+		if err := b.freshExt4(work); err != nil {
+			return nil, err
+		}
 	}
 	m, err := s.mount(b, work)
 	if err != nil {
 		return nil, err
 	}
 	m.sys = s
-	res := map[string]float64{}
+	res = map[string]float64{}
 	werr := b.runWorkloads(m, res)
 	uerr := m.unmount()
 	if werr != nil {
@@ -215,22 +266,134 @@ func (b *bench) runOne(s *system) (map[string]float64, error) {
 	if uerr != nil {
 		return nil, uerr
 	}
-	if err := cleanWork(work); err != nil {
-		return nil, err
-	}
 	return res, nil
 }
 
-// cleanWork removes a previous instance, unmounting a leftover mount.
-func cleanWork(work string) error {
+// imgSuffix names the ext4 image of work dir w: w + imgSuffix.
+const imgSuffix = ".ext4img"
+
+// cleanWork removes a previous instance and leaves work an empty
+// directory: it unmounts a leftover mount on work/mnt, then a leftover
+// ext4 on work, detaches the loop devices of its image and removes the
+// image (left by an aborted run, whichever -fs it had).
+func (b *bench) cleanWork(work string) error {
 	mnt := filepath.Join(work, "mnt")
 	if isMountpoint(mnt) {
 		exec.Command("umount", "-l", mnt).Run()
+	}
+	for i := 0; isMountpoint(work); i++ {
+		if i == 10 {
+			return fmt.Errorf("%s is still a mount point after 10 umounts", work)
+		}
+		if err := unix.Unmount(work, 0); err != nil {
+			// Busy (a mount process still holding files in it): detach
+			// it; the kernel releases the loop device with its last user.
+			b.logf("warning: umount %s: %v: detaching it (umount -l)", work, err)
+			if err := unix.Unmount(work, unix.MNT_DETACH); err != nil {
+				return fmt.Errorf("umount -l %s: %w", work, err)
+			}
+		}
+	}
+	img := work + imgSuffix
+	for _, dev := range loopDevices(img) {
+		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
+			// Not fatal: the next image is a new file, and a busy device
+			// is detached when released (losetup -d sets autoclear).
+			b.logf("warning: losetup -d %s (%s): %v: %s", dev, img, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := os.Remove(img); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	if err := os.RemoveAll(work); err != nil {
 		return err
 	}
 	return os.MkdirAll(work, 0o755)
+}
+
+// ext4Unavailable says why -fs ext4 cannot run here ("" when it can).
+func ext4Unavailable() string {
+	if os.Geteuid() != 0 {
+		return "not root"
+	}
+	for _, t := range []string{"mkfs.ext4", "losetup"} {
+		if _, err := exec.LookPath(t); err != nil {
+			return t + " not found"
+		}
+	}
+	return ""
+}
+
+// imageSize is the size of the sparse ext4 image of one system: room for
+// every workload's files at once, with their encrypted copies' overhead,
+// and a margin.
+func (b *bench) imageSize() int64 {
+	sz := b.sizes
+	n := sz.seq + sz.rand + 3*b.tarBytes + int64(sz.smallN)*int64(max(sz.smallSize, 4096)) + 1<<30
+	n = max(n, 2<<30)
+	return (n + 1<<20 - 1) &^ (1<<20 - 1)
+}
+
+// freshExt4 makes a fresh ext4 filesystem in a sparse image file next to
+// work (work + imgSuffix), attaches it to a loop device with direct I/O and
+// mounts it on work. cleanWork undoes it.
+func (b *bench) freshExt4(work string) error {
+	img := work + imgSuffix
+	size := b.imageSize()
+	f, err := os.OpenFile(img, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("ext4 image: %w", err)
+	}
+	// Initialize the inode tables and the journal now, so that no
+	// ext4lazyinit thread writes them during the workloads.
+	mkfs := exec.Command("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img)
+	if out, err := mkfs.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %v: %s", img, err, out)
+	}
+	var stderr strings.Builder
+	losetup := exec.Command("losetup", "--direct-io=on", "-f", "--show", img)
+	losetup.Stderr = &stderr
+	out, err := losetup.Output()
+	dev := strings.TrimSpace(string(out))
+	if err != nil || !strings.HasPrefix(dev, "/dev/") {
+		return fmt.Errorf("losetup --direct-io=on -f --show %s: %v: %s %s", img, err, out, stderr.String())
+	}
+	if dio, err := os.ReadFile("/sys/block/" + filepath.Base(dev) + "/loop/dio"); err != nil || strings.TrimSpace(string(dio)) != "1" {
+		if !b.dioOff {
+			b.logf("warning: %s: direct I/O is off (%s): pages are cached twice", dev, strings.TrimSpace(stderr.String()))
+		}
+		b.dioOff = true
+	}
+	if err := unix.Mount(dev, work, "ext4", 0, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", dev, work, err)
+	}
+	b.imgSize = size
+	b.logf("  fresh ext4 on %s: %s, %d MiB sparse image", work, dev, size>>20)
+	return nil
+}
+
+// loopDevices lists the loop devices whose backing file is img, deleted
+// or not (losetup -j needs the file to exist).
+func loopDevices(img string) []string {
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	var devs []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if strings.TrimSuffix(strings.TrimSpace(string(data)), " (deleted)") == img {
+			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return devs
 }
 
 func (b *bench) buildKmsfs() error {
@@ -365,15 +528,37 @@ func (b *bench) machine() []string {
 	disk := "?"
 	if out, err := exec.Command("df", "--output=source,fstype", b.dir).Output(); err == nil {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		disk = strings.Join(strings.Fields(lines[len(lines)-1]), " ")
-		dev := filepath.Base(strings.Fields(lines[len(lines)-1])[0])
+		f := strings.Fields(lines[len(lines)-1])
+		disk = strings.Join(f, " ")
+		var notes []string
+		dev := filepath.Base(f[0])
 		if rot, err := os.ReadFile("/sys/block/" + dev + "/queue/rotational"); err == nil {
 			if strings.TrimSpace(string(rot)) == "0" {
-				disk += " (non-rotational)"
+				notes = append(notes, "non-rotational")
 			} else {
-				disk += " (rotational)"
+				notes = append(notes, "rotational")
 			}
 		}
+		// A journaled ext3/ext4 has a /proc/fs/jbd2/<dev>-<ino> directory.
+		if _, err := os.Stat("/proc/fs/ext4/" + dev); err == nil && len(f) > 1 && f[1] == "ext4" {
+			if j, _ := filepath.Glob("/proc/fs/jbd2/" + dev + "-*"); len(j) == 0 {
+				notes = append(notes, "no journal")
+			} else {
+				notes = append(notes, "journal")
+			}
+		}
+		if len(notes) > 0 {
+			disk += " (" + strings.Join(notes, ", ") + ")"
+		}
+	}
+	if b.fs == "ext4" {
+		dio := "with direct I/O"
+		if b.dioOff {
+			dio = "(direct I/O requested but off: pages cached twice)"
+		}
+		disk += fmt.Sprintf("; each system on a fresh ext4 (mkfs.ext4 defaults, journal) in a loop device %s on a %d MiB sparse image file on that disk, work dir %s", dio, b.imgSize>>20, b.dir)
+	} else {
+		disk += "; every system directly in the work dir " + b.dir + " (-fs dir)"
 	}
 	mem := "?"
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
@@ -385,7 +570,7 @@ func (b *bench) machine() []string {
 	return []string{
 		fmt.Sprintf("CPU: %s, %d cores (nproc); memory %s", cpu, runtime.NumCPU(), mem),
 		"kernel: " + strings.TrimSpace(string(kernel)),
-		"disk: " + disk + ", work dir " + b.dir,
+		"disk: " + disk,
 		"go: " + runtime.Version() + "; " + toolVersions(),
 	}
 }
