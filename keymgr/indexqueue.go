@@ -19,8 +19,8 @@ package keymgr
 //     wins in badger as well.
 //   - Close commits the queue before it closes badger.
 //
-// What a crash loses: the changes still queued (at most a few
-// milliseconds' worth, or indexQueueMax entries). That is the loss badger
+// What a crash loses: the changes still queued (at most indexCommitDelay's
+// worth, or indexQueueMax entries). That is the loss badger
 // itself allows without SyncWrites, and it is repaired the same way: each
 // cipher file mirrors its header on disk, OpenFile falls back to that
 // mirror and heals the index, an entry left by a lost delete names a file
@@ -30,11 +30,18 @@ package keymgr
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/kmsfs/kmsfs/crypto"
 )
+
+// indexCommitDelay is how long the writer lets changes gather after the
+// first one queued before it commits: a burst of creates is then one
+// commit (and one wake-up of the writer) per delay instead of one per
+// file. It bounds what a crash can lose from the queue.
+const indexCommitDelay = 2 * time.Millisecond
 
 // indexQueueMax bounds the queue: a caller that finds it full commits it
 // itself, so a writer that falls behind slows creates down instead of
@@ -177,13 +184,25 @@ func (ix *Index) commitQueue(db *badger.DB) error {
 // healed from the files' header mirrors when next needed.
 func (ix *Index) writeLoop() {
 	defer close(ix.q.done)
+	delay := time.NewTimer(indexCommitDelay)
+	delay.Stop()
+	closing := func() {
+		if err := ix.commitQueue(ix.db); err != nil {
+			ix.log.Warn("cannot commit queued index changes at close", "dir", ix.dir, "err", err.Error())
+		}
+	}
 	for {
 		select {
 		case <-ix.q.kick:
 		case <-ix.stop:
-			if err := ix.commitQueue(ix.db); err != nil {
-				ix.log.Warn("cannot commit queued index changes at close", "dir", ix.dir, "err", err.Error())
-			}
+			closing()
+			return
+		}
+		delay.Reset(indexCommitDelay)
+		select {
+		case <-delay.C:
+		case <-ix.stop:
+			closing()
 			return
 		}
 		if err := ix.commitQueue(ix.db); err != nil {
