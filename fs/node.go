@@ -95,6 +95,11 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	// The attributes we answer are those after the change: the kernel
+	// may keep them as long as any (go-fuse sets no timeout on SETATTR
+	// replies, so a stat right after chmod, chown or utimes would be
+	// another round trip).
+	defer out.SetTimeout(attrTimeout)
 	h, _ := f.(*handle)
 	if h == nil && n.StableAttr().Mode == syscall.S_IFREG {
 		// fchmod, fchown and futimens come without a handle; on an
