@@ -161,7 +161,7 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 // mount through sysfs, which only root may write; for anyone else the
 // default stays.
 func raiseReadahead(mountpoint string, maxRead int, log *slog.Logger) {
-	if os.Geteuid() != 0 {
+	if !runsAsRoot {
 		return
 	}
 	var st syscall.Stat_t
@@ -395,10 +395,14 @@ func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
 	return errno
 }
 
+// runsAsRoot: the mount process's effective user is root (it never
+// changes; asked once instead of on every create).
+var runsAsRoot = os.Geteuid() == 0
+
 // preserveOwner gives a new entry its creator as owner when the mount runs
 // as root (the cipher files are then created by root).
 func preserveOwner(ctx context.Context, path string) error {
-	if os.Geteuid() != 0 {
+	if !runsAsRoot {
 		return nil
 	}
 	caller, ok := fuse.FromContext(ctx)
@@ -413,7 +417,7 @@ func preserveOwner(ctx context.Context, path string) error {
 // creator's already (a root process creating files needs no chown), and
 // updates st.
 func preserveOwnerFd(ctx context.Context, fd int, st *syscall.Stat_t) error {
-	if os.Geteuid() != 0 {
+	if !runsAsRoot {
 		return nil
 	}
 	caller, ok := fuse.FromContext(ctx)

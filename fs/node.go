@@ -406,7 +406,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		syscall.Close(fd)
 		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
 	}
-	if caller, ok := fuse.FromContext(ctx); ok && os.Geteuid() == 0 {
+	if caller, ok := fuse.FromContext(ctx); ok && runsAsRoot {
 		syscall.Fchown(fd, int(caller.Uid), int(caller.Gid))
 	}
 	if st.Mode&0o777 != mode&0o777 {
@@ -626,7 +626,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 		// An empty cipher file: it reads as empty and gets its
 		// header on the first writable open.
 	case syscall.S_IFCHR, syscall.S_IFBLK:
-		if os.Geteuid() != 0 {
+		if !runsAsRoot {
 			return nil, syscall.EPERM
 		}
 	default:
