@@ -10,6 +10,7 @@ package keymgr
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	crand "crypto/rand"
 	"errors"
@@ -32,15 +33,18 @@ const maxSweepInterval = time.Minute
 // its lock): every open then reads the file's header mirror, and nothing is
 // written to an index.
 type ManagerOptions struct {
-	FilesystemID string        // kmsfs.conf filesystem_id; part of every encryption context
-	KeyARN       string        // CMK that wraps new files' keys (kmsfs.conf key_arn)
-	Provider     Provider      // KMS
-	Index        *Index        // header index; nil: read the header mirrors, write no index
-	Cache        *Cache        // DEK cache
-	PoolSize     int           // 0: DefaultPoolSize
-	Layout       crypto.Layout // the filesystem's geometry
-	Rand         io.Reader     // nil: crypto/rand.Reader
-	Logger       *slog.Logger  // nil: discard
+	FilesystemID string   // kmsfs.conf filesystem_id; part of every encryption context
+	KeyARN       string   // CMK that wraps new files' keys (kmsfs.conf key_arn)
+	Provider     Provider // KMS
+	Index        *Index   // header index; nil: read the header mirrors, write no index
+	Cache        *Cache   // DEK cache
+	PoolSize     int      // 0: DefaultPoolSize
+	// PoolRefillers is how many GenerateDataKey calls a refill of the
+	// pool keeps in flight; 0: DefaultPoolRefillers.
+	PoolRefillers int
+	Layout        crypto.Layout // the filesystem's geometry
+	Rand          io.Reader     // nil: crypto/rand.Reader
+	Logger        *slog.Logger  // nil: discard
 	// KeyEpoch is stamped into the key version of new files' wrapped keys
 	// when the provider shows no version (aws: kmsfs.conf rewrap_epoch,
 	// see rewrap.go); the local provider's real versions are kept.
@@ -152,6 +156,7 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	}
 	pool, err := newDEKPool(poolOptions{
 		Size:         o.PoolSize,
+		Refillers:    cmp.Or(o.PoolRefillers, DefaultPoolRefillers),
 		FilesystemID: o.FilesystemID,
 		KeyARN:       o.KeyARN,
 		Provider:     o.Provider,

@@ -8,6 +8,9 @@ package keymgr
 // the Go heap.
 //
 // Refill starts at Start and whenever a Take leaves fewer than size/2 keys.
+// Several refillers ask the KMS at once (poolOptions.Refillers): against a
+// remote KMS each GenerateDataKey is a network round trip, and one at a time
+// a burst of creates would drain the pool faster than it refills.
 // A failing KMS is retried with exponential backoff (a warning per failure,
 // never a spin); meanwhile Take generates synchronously, so creates still
 // work, just slower, and fail with the KMS's error if it is really down.
@@ -26,6 +29,10 @@ import (
 
 // DefaultPoolSize is the number of ready keys the pool aims for.
 const DefaultPoolSize = 32
+
+// DefaultPoolRefillers is how many GenerateDataKey calls a refill keeps in
+// flight.
+const DefaultPoolRefillers = 4
 
 // Backoff bounds for a failing refill.
 const (
@@ -60,6 +67,7 @@ type poolOptions struct {
 	Rand         io.Reader // must be safe for concurrent use
 	Logger       *slog.Logger
 	Counters     *kmsCounters
+	Refillers    int           // GenerateDataKey calls in flight while refilling; 0: 1
 	MinBackoff   time.Duration // 0: poolMinBackoff
 	MaxBackoff   time.Duration // 0: poolMaxBackoff
 }
@@ -72,6 +80,7 @@ type dekPool struct {
 	slab    *LockedSlab
 	ready   []poolEntry
 	free    []int // unused slab slots
+	filling int   // refills reserved and not yet deposited (each holds no slot yet)
 	closed  bool
 	started bool
 	cancel  context.CancelFunc
@@ -94,6 +103,9 @@ func newDEKPool(o poolOptions) (*dekPool, error) {
 	}
 	if o.Counters == nil {
 		o.Counters = new(kmsCounters)
+	}
+	if o.Refillers <= 0 {
+		o.Refillers = 1
 	}
 	slab, err := NewLockedSlab(o.Size, crypto.DEKSize)
 	if err != nil {
@@ -216,45 +228,79 @@ func (p *dekPool) refillLoop(ctx context.Context) {
 			return
 		case <-p.kick:
 		}
-		for p.needed() {
-			if err := p.refillOne(ctx); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				p.refillErrors.Add(1)
-				p.o.Logger.Warn("DEK pool refill failed; creates generate keys synchronously meanwhile",
-					"key_arn", p.o.KeyARN, "retry_in", backoff, "err", err)
-				t := time.NewTimer(backoff)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return
-				case <-t.C:
-				}
-				backoff = min(backoff*2, p.o.MaxBackoff)
-				continue
+		for {
+			err := p.fill(ctx)
+			if err == nil {
+				backoff = p.o.MinBackoff
+				break
 			}
-			backoff = p.o.MinBackoff
+			if ctx.Err() != nil {
+				return
+			}
+			p.refillErrors.Add(1)
+			p.o.Logger.Warn("DEK pool refill failed; creates generate keys synchronously meanwhile",
+				"key_arn", p.o.KeyARN, "retry_in", backoff, "err", err)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(backoff*2, p.o.MaxBackoff)
 		}
 	}
 }
 
-// needed reports whether the pool is below its size (only the refill
-// goroutine adds keys, so the answer cannot go stale the wrong way).
-func (p *dekPool) needed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return !p.closed && len(p.ready) < p.o.Size
+// fill tops the pool up with up to Refillers calls in flight and returns
+// the first error (the other refillers stop at their next key).
+func (p *dekPool) fill(ctx context.Context) error {
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+		failed   atomic.Bool
+	)
+	for range p.o.Refillers {
+		wg.Go(func() {
+			for !failed.Load() && p.reserve() {
+				if err := p.refillOne(ctx); err != nil {
+					failed.Store(true)
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
 }
 
+// reserve claims the right to add one key: the keys waiting plus those
+// being generated stay within the pool's size.
+func (p *dekPool) reserve() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.ready)+p.filling >= p.o.Size {
+		return false
+	}
+	p.filling++
+	return true
+}
+
+// refillOne generates the key a reserve claimed and parks it.
 func (p *dekPool) refillOne(ctx context.Context) error {
 	k, plain, err := p.generate(ctx)
 	if err != nil {
+		p.mu.Lock()
+		p.filling--
+		p.mu.Unlock()
 		return err
 	}
 	defer crypto.Zero(plain)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.filling--
 	if p.closed || len(p.free) == 0 {
 		return nil
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
@@ -53,15 +54,31 @@ func (k *stKMS) setEnabled(t *testing.T, enabled bool) {
 
 // stCountingProvider forwards to a real provider and counts calls. When
 // decryptGate is set, Decrypt signals decryptEntered and waits for the gate.
+// generateDelay adds a network's worth of latency to GenerateDataKey, and
+// generateInflight/maxGenerateInflight count the calls under way.
 type stCountingProvider struct {
 	Provider
 	generate, decrypt atomic.Int64
 	decryptGate       chan struct{}
 	decryptEntered    chan struct{}
+
+	generateDelay                         time.Duration
+	generateInflight, maxGenerateInflight atomic.Int64
 }
 
 func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
 	p.generate.Add(1)
+	n := p.generateInflight.Add(1)
+	defer p.generateInflight.Add(-1)
+	for {
+		m := p.maxGenerateInflight.Load()
+		if n <= m || p.maxGenerateInflight.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	if p.generateDelay > 0 {
+		time.Sleep(p.generateDelay)
+	}
 	return p.Provider.GenerateDataKey(ctx, keyRef, ec)
 }
 
@@ -299,5 +316,39 @@ func TestPoolClose(t *testing.T) {
 func TestNewDEKPoolOptions(t *testing.T) {
 	if _, err := newDEKPool(poolOptions{Size: 0}); err == nil {
 		t.Fatal("size 0: got no error")
+	}
+}
+
+// TestPoolRefillsConcurrently: a refill keeps Refillers GenerateDataKey
+// calls in flight (a slow KMS fills the pool that many times faster) and
+// never generates more keys than the pool holds.
+func TestPoolRefillsConcurrently(t *testing.T) {
+	for _, refillers := range []int{1, 4} {
+		t.Run(fmt.Sprintf("refillers=%d", refillers), func(t *testing.T) {
+			kms := newStKMS(t)
+			kms.prov.generateDelay = 20 * time.Millisecond
+			const size = 16
+			p, _ := newStPool(t, kms, size, func(o *poolOptions) { o.Refillers = refillers })
+			p.start(context.Background())
+			waitFor(t, "a full pool", func() bool { return p.readyCount() == size })
+			if got := kms.prov.maxGenerateInflight.Load(); got != int64(refillers) {
+				t.Errorf("GenerateDataKey calls in flight at most: got %d, want %d", got, refillers)
+			}
+			// Drain below half: the refill brings it back to size exactly.
+			dek := make([]byte, crypto.DEKSize)
+			for range size/2 + 1 {
+				if _, err := p.take(context.Background(), dek); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, "the refill", func() bool { return p.readyCount() == size })
+			time.Sleep(3 * kms.prov.generateDelay) // any extra call would land now
+			if got, want := kms.prov.generate.Load(), int64(size+size/2+1); got != want {
+				t.Errorf("GenerateDataKey calls: got %d, want %d (no key generated beyond the pool's size)", got, want)
+			}
+			if got := p.readyCount(); got != size {
+				t.Errorf("ready keys: got %d, want %d", got, size)
+			}
+		})
 	}
 }
