@@ -423,6 +423,47 @@ func TestHardLink(t *testing.T) {
 	checkContent(t, e.p("d/two"), []byte("shared content, longer than before"))
 }
 
+// TestNoXattr: a mount with NoXattr refuses every xattr call with
+// EOPNOTSUPP and keeps the sealed attributes already on cipher files; a
+// mount without it reads them again.
+func TestNoXattr(t *testing.T) {
+	e := newTestFS(t)
+	p := e.p("f")
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	value := []byte("kept while refused")
+	if err := unix.Setxattr(p, "user.note", value, 0); err != nil {
+		t.Fatalf("Setxattr: %v", err)
+	}
+	e.mo.NoXattr = true
+	e.remount()
+	buf := make([]byte, 256)
+	tests := []struct {
+		name string
+		err  error
+	}{
+		{"get", func() error { _, err := unix.Getxattr(p, "user.note", buf); return err }()},
+		{"set", unix.Setxattr(p, "user.other", value, 0)},
+		{"list", func() error { _, err := unix.Listxattr(p, buf); return err }()},
+		{"remove", unix.Removexattr(p, "user.note")},
+	}
+	for _, tc := range tests {
+		if !errors.Is(tc.err, syscall.EOPNOTSUPP) {
+			t.Errorf("%s with NoXattr: got %v, want EOPNOTSUPP", tc.name, tc.err)
+		}
+	}
+	if err := os.WriteFile(e.p("g"), []byte("content"), 0o600); err != nil {
+		t.Errorf("write with NoXattr: %v", err)
+	}
+	e.mo.NoXattr = false
+	e.remount()
+	n, err := unix.Getxattr(p, "user.note", buf)
+	if err != nil || !bytes.Equal(buf[:n], value) {
+		t.Errorf("Getxattr after remounting with xattrs: got %q, %v; want %q", buf[:n], err, value)
+	}
+}
+
 func TestXattr(t *testing.T) {
 	e := newTestFS(t)
 	p := e.p("f")

@@ -28,6 +28,8 @@ type testFS struct {
 	keyARN string
 	fsID   string
 
+	mo MountOptions // for the next mount
+
 	// per mount
 	server *fuse.Server
 	ix     *keymgr.Index
@@ -143,7 +145,7 @@ func (e *testFS) mount(ro bool) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	mgr.Start(ctx)
-	server, err := Mount(e.mnt, Options{CipherDir: e.cipher, Layout: e.layout, Keys: mgr, ReadOnly: ro, Logger: log}, MountOptions{})
+	server, err := Mount(e.mnt, Options{CipherDir: e.cipher, Layout: e.layout, Keys: mgr, ReadOnly: ro, Logger: log}, e.mo)
 	if err != nil {
 		cancel()
 		mgr.Close()

@@ -55,6 +55,13 @@ type MountOptions struct {
 	// reported by close(2) or fsync(2) instead of the write(2) that caused
 	// it, and the data of the failed writes is lost. Off by default.
 	WritebackCache bool
+	// NoXattr refuses extended attributes (EOPNOTSUPP, the kernel then
+	// stops asking). With them on, the kernel asks for
+	// security.capability before the first write to every new or
+	// changed inode and before every chown: one more round trip for each
+	// file a create or a tar extract makes (docs/performance.md).
+	// Attributes already stored on cipher files are kept, unused.
+	NoXattr bool
 }
 
 // Kernel cache lifetimes (docs/performance.md). The plain view changes
@@ -102,6 +109,7 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 			// header into a pipe, find the data is not an fd, and
 			// drain the pipe again (four wasted syscalls per READ).
 			DisableSplice: true,
+			DisableXAttrs: mo.NoXattr,
 		},
 	}
 	// The kernel would otherwise ask for security.capability before every

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // needFUSE skips unless this process can mount: /dev/fuse exists and we
@@ -425,4 +428,36 @@ func TestCLIErrors(t *testing.T) {
 	if isMounted(busy) {
 		t.Errorf("%s still mounted", busy)
 	}
+}
+
+// TestMountNoXattr: `mount --no-xattr` reaches the background mount
+// process: xattr calls fail with EOPNOTSUPP, files work, and a mount
+// without the flag finds the attribute set before.
+func TestMountNoXattr(t *testing.T) {
+	requireKmsfs(t)
+	f := newFixture(t)
+	f.init()
+	p := filepath.Join(f.mnt, "f")
+	f.mount()
+	if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(p, "user.k", []byte("v"), 0); err != nil {
+		t.Fatalf("setxattr on a default mount: %v", err)
+	}
+	f.unmount()
+	f.mount("--no-xattr")
+	if err := unix.Setxattr(p, "user.k2", []byte("v"), 0); !errors.Is(err, unix.EOPNOTSUPP) {
+		t.Errorf("setxattr with --no-xattr: got %v, want EOPNOTSUPP", err)
+	}
+	if err := os.WriteFile(p, []byte("still a file system"), 0o644); err != nil {
+		t.Errorf("write with --no-xattr: %v", err)
+	}
+	f.unmount()
+	f.mount()
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(p, "user.k", buf); err != nil || string(buf[:n]) != "v" {
+		t.Errorf("getxattr after remounting without --no-xattr: %q, %v; want \"v\"", buf[:n], err)
+	}
+	f.unmount()
 }
