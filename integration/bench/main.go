@@ -29,7 +29,8 @@
 // seq,rand,small,tar (BENCH_WORKLOADS), -kmsfs BIN (default: built from
 // this module), -cpuprofile DIR (kmsfs mounts write a CPU profile there),
 // -gobench FILE (output of the crypto micro-benchmarks, for the crypto
-// target).
+// target), -mount-args "--no-xattr" (BENCH_KMSFS_MOUNT_ARGS: extra flags
+// for every kmsfs mount, to measure a mount option).
 //
 // It is a tool, not a test: nothing imports it and `go test` has nothing
 // to run in it.
@@ -81,6 +82,7 @@ type bench struct {
 	lkCmd      *exec.Cmd
 	verbose    bool
 	workloads  []string // empty: all
+	mountArgs  []string // extra kmsfs mount flags (A/B of mount options)
 }
 
 // want reports whether workload group w (seq, rand, small, tar) runs.
@@ -112,8 +114,10 @@ func main() {
 	flag.StringVar(&b.profileDir, "cpuprofile", "", "directory for CPU profiles of the kmsfs mounts")
 	flag.StringVar(&b.goBench, "gobench", "", "file with `go test -bench` output of ./crypto (crypto target)")
 	flag.BoolVar(&b.verbose, "v", true, "log each step on stderr")
+	mountArgs := flag.String("mount-args", os.Getenv("BENCH_KMSFS_MOUNT_ARGS"), "extra flags for kmsfs mount, space-separated, e.g. --no-xattr (env BENCH_KMSFS_MOUNT_ARGS)")
 	wl := flag.String("workloads", os.Getenv("BENCH_WORKLOADS"), "comma-separated workload groups to run: seq,rand,small,tar (default all)")
 	flag.Parse()
+	b.mountArgs = strings.Fields(*mountArgs)
 	if *wl != "" {
 		b.workloads = strings.Split(*wl, ",")
 	}

@@ -157,7 +157,7 @@ func (b *bench) kmsfsInit(env []string, args ...string) error {
 }
 
 func (b *bench) mountKmsfs(cipher, mnt string, env []string, global ...string) (*mounted, error) {
-	args := append(global, "mount", "-f")
+	args := append(append(global, "mount", "-f"), b.mountArgs...)
 	if b.profileDir != "" {
 		b.profiles++
 		args = append(args, "--cpuprofile", filepath.Join(b.profileDir, fmt.Sprintf("kmsfs-%d.pprof", b.profiles)))
