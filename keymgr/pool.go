@@ -32,7 +32,7 @@ const DefaultPoolSize = 32
 
 // DefaultPoolRefillers is how many GenerateDataKey calls a refill keeps in
 // flight.
-const DefaultPoolRefillers = 4
+const DefaultPoolRefillers = 8
 
 // Backoff bounds for a failing refill.
 const (
