@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,7 +48,10 @@ type Options struct {
 type MountOptions struct {
 	AllowOther bool
 	Debug      bool
-	FsName     string // "" => "kmsfs:<cipher dir>"
+	// DebugLog receives the Debug trace of every FUSE request ("rx N:
+	// OP ..." lines); nil: go-fuse's default logger (stderr).
+	DebugLog *log.Logger
+	FsName   string // "" => "kmsfs:<cipher dir>"
 	// WritebackCache turns the kernel's writeback cache on: write(2)
 	// returns once the data is in the kernel's page cache, which sends it
 	// in large batches later (random 4 KiB writes about 1.5-2x faster,
@@ -104,6 +108,7 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 			Name:        "kmsfs",
 			DirectMount: true, // as root; go-fuse falls back to fusermount3
 			Debug:       mo.Debug,
+			Logger:      mo.DebugLog,
 			// Every READ answers plaintext from memory, never an fd:
 			// with splice on, go-fuse would first write the reply
 			// header into a pipe, find the data is not an fd, and
