@@ -173,6 +173,17 @@ func newAWSProvider(ctx context.Context, o AWSOptions) (*awsProvider, error) {
 		if ko.HTTPClient == nil {
 			ko.HTTPClient = awshttp.NewBuildableClient()
 		}
+		// The DEK pool keeps up to DefaultPoolRefillers calls in flight,
+		// and opens unwrap keys alongside: with the SDK's 10 idle
+		// connections per host, the 11th concurrent call's connection
+		// would be closed after use and the next one dialled (and, with
+		// TLS, handshaken) again.
+		if bc, ok := ko.HTTPClient.(*awshttp.BuildableClient); ok {
+			ko.HTTPClient = bc.WithTransportOptions(func(tr *http.Transport) {
+				tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, awsIdleConnsPerHost)
+				tr.MaxIdleConns = max(tr.MaxIdleConns, awsIdleConnsPerHost)
+			})
+		}
 		ko.HTTPClient = attemptTimeoutClient{c: ko.HTTPClient, timeout: o.AttemptTimeout}
 		if o.Endpoint != "" {
 			ko.BaseEndpoint = aws.String(o.Endpoint)
@@ -191,6 +202,10 @@ func newAWSProvider(ctx context.Context, o AWSOptions) (*awsProvider, error) {
 		where:       where,
 	}, nil
 }
+
+// awsIdleConnsPerHost is how many idle connections to the KMS endpoint are
+// kept for reuse: the pool's refills plus a burst of opens.
+const awsIdleConnsPerHost = 2 * DefaultPoolRefillers
 
 func (p *awsProvider) Name() string { return "aws" }
 

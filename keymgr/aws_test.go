@@ -760,6 +760,37 @@ func TestAWSConcurrent(t *testing.T) {
 	}
 }
 
+// TestAWSKeepsConnections: the connections of a burst of concurrent calls
+// (the DEK pool's refills) stay open for the next burst. With the SDK's
+// default of 10 idle connections per host, the second burst would dial
+// again all but 10 of them (and over TLS, handshake again).
+func TestAWSKeepsConnections(t *testing.T) {
+	lk := startLocalKMS(t)
+	proxy := newAWSProxy(t, lk.url)
+	proxy.setSlowDelay(50 * time.Millisecond) // the calls of a burst overlap
+	proxy.inject(faultSlow)
+	p, _ := newTestAWS(t, proxy.URL(), nil)
+	const burst = 48
+	for round := range 2 {
+		var wg sync.WaitGroup
+		for i := range burst {
+			wg.Go(func() {
+				ec := testContext(fmt.Sprintf("%032x", round), byte(i))
+				if _, err := p.GenerateDataKey(context.Background(), lkAliasA, ec); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if got := proxy.requests(); got != 2*burst {
+		t.Fatalf("requests: got %d, want %d", got, 2*burst)
+	}
+	if got := proxy.conns.Load(); got > burst {
+		t.Fatalf("connections for two bursts of %d calls: got %d, want at most %d (the second burst reuses the first's)", burst, got, burst)
+	}
+}
+
 func TestAWSOptions(t *testing.T) {
 	lk := startLocalKMS(t)
 	ctx := context.Background()

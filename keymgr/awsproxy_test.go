@@ -9,12 +9,14 @@ package keymgr
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,6 +49,8 @@ type awsProxy struct {
 	slowDelay time.Duration
 	seen      []string // X-Amz-Target operation of each request, in order
 	bodies    []string // request bodies, in order
+
+	conns atomic.Int64 // connections accepted
 }
 
 // newAWSProxy starts a proxy on 127.0.0.1 in front of backend (a
@@ -62,7 +66,13 @@ func newAWSProxy(t *testing.T, backend string) *awsProxy {
 	}
 	p := &awsProxy{t: t, target: httputil.NewSingleHostReverseProxy(u), slowDelay: time.Second}
 	p.target.ErrorLog = nil
-	p.srv = httptest.NewServer(http.HandlerFunc(p.serve)) // listens on 127.0.0.1
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(p.serve)) // listens on 127.0.0.1
+	p.srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			p.conns.Add(1)
+		}
+	}
+	p.srv.Start()
 	t.Cleanup(p.srv.Close)
 	return p
 }

@@ -38,7 +38,10 @@ type ManagerOptions struct {
 	Provider     Provider // KMS
 	Index        *Index   // header index; nil: read the header mirrors, write no index
 	Cache        *Cache   // DEK cache
-	PoolSize     int      // 0: DefaultPoolSize
+	PoolSize     int      // most ready keys the DEK pool aims for; 0: DefaultPoolSize
+	// PoolStart is the pool's first target, doubled up to PoolSize each
+	// time a create finds it empty; 0: DefaultPoolStart (at most PoolSize).
+	PoolStart int
 	// PoolRefillers is how many GenerateDataKey calls a refill of the
 	// pool keeps in flight; 0: DefaultPoolRefillers.
 	PoolRefillers int
@@ -68,10 +71,12 @@ type ManagerStats struct {
 	CacheEvictions    uint64
 	CacheExpirations  uint64
 	PoolReady         int
-	PoolSize          int
+	PoolSize          int    // most keys the pool may aim for
+	PoolTarget        int    // keys it aims for now
 	PoolGenerated     uint64 // keys generated (refill and synchronous)
 	PoolTaken         uint64 // keys handed to new files
-	PoolSyncFallbacks uint64 // creates that waited on GenerateDataKey
+	PoolWaits         uint64 // creates that found the pool empty and waited for a refill under way
+	PoolSyncFallbacks uint64 // creates that called GenerateDataKey themselves
 	PoolRefillErrors  uint64
 	IndexHeals        uint64 // index entries rewritten from a file's header mirror
 	KMSCalls          KMSCallStats
@@ -125,6 +130,8 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 		return nil, errors.New("key manager: no DEK cache")
 	case o.PoolSize < 0:
 		return nil, fmt.Errorf("key manager: pool size %d is negative", o.PoolSize)
+	case o.PoolStart < 0:
+		return nil, fmt.Errorf("key manager: pool start %d is negative", o.PoolStart)
 	}
 	if err := o.Layout.Validate(); err != nil {
 		return nil, fmt.Errorf("key manager: %w", err)
@@ -132,6 +139,7 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.PoolSize == 0 {
 		o.PoolSize = DefaultPoolSize
 	}
+	o.PoolStart = min(cmp.Or(o.PoolStart, DefaultPoolStart), o.PoolSize)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -156,6 +164,7 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	}
 	pool, err := newDEKPool(poolOptions{
 		Size:         o.PoolSize,
+		Start:        o.PoolStart,
 		Refillers:    cmp.Or(o.PoolRefillers, DefaultPoolRefillers),
 		FilesystemID: o.FilesystemID,
 		KeyARN:       o.KeyARN,
@@ -470,8 +479,10 @@ func (m *Manager) Stats() ManagerStats {
 		CacheExpirations:  cs.Expirations,
 		PoolReady:         pool.readyCount(),
 		PoolSize:          pool.o.Size,
+		PoolTarget:        pool.currentTarget(),
 		PoolGenerated:     pool.generated.Load(),
 		PoolTaken:         pool.taken.Load(),
+		PoolWaits:         pool.waits.Load(),
 		PoolSyncFallbacks: pool.fallbacks.Load(),
 		PoolRefillErrors:  pool.refillErrors.Load(),
 		IndexHeals:        m.heals.Load(),

@@ -608,6 +608,7 @@ func TestNewManagerOptions(t *testing.T) {
 		{name: "no index (offline reader)", edit: func(o *ManagerOptions) { o.Index = nil }},
 		{name: "no cache", edit: func(o *ManagerOptions) { o.Cache = nil }, wantErr: true},
 		{name: "negative pool", edit: func(o *ManagerOptions) { o.PoolSize = -1 }, wantErr: true},
+		{name: "negative pool start", edit: func(o *ManagerOptions) { o.PoolStart = -1 }, wantErr: true},
 		{name: "bad layout", edit: func(o *ManagerOptions) { o.Layout = crypto.Layout{ChunkShift: 3, SlotShift: 9} }, wantErr: true},
 		{name: "zero layout", edit: func(o *ManagerOptions) { o.Layout = crypto.Layout{} }, wantErr: true},
 	}
@@ -620,8 +621,8 @@ func TestNewManagerOptions(t *testing.T) {
 				t.Fatalf("NewManager error: got %v, want error %v", err, tt.wantErr)
 			}
 			if m != nil {
-				if got := m.Stats().PoolSize; got != DefaultPoolSize {
-					t.Errorf("pool size: got %d, want %d", got, DefaultPoolSize)
+				if st := m.Stats(); st.PoolSize != DefaultPoolSize || st.PoolTarget != DefaultPoolStart {
+					t.Errorf("pool size and target: got %d and %d, want %d and %d", st.PoolSize, st.PoolTarget, DefaultPoolSize, DefaultPoolStart)
 				}
 				_ = m.Close()
 			}

@@ -1,19 +1,27 @@
 package keymgr
 
-// The DEK pool keeps a few fresh (file ID, DEK, EDK) triples ready so that
+// The DEK pool keeps fresh (file ID, DEK, EDK) triples ready so that
 // creat(2) does not wait on a KMS round trip: a background goroutine calls
 // GenerateDataKey (with the encryption context of the file ID it drew) and
-// parks the result. The DEKs wait in their own LockedSlab (size x 32 bytes,
-// one page for the default 32); the EDKs and IDs are not secret and live in
-// the Go heap.
+// parks the result. The DEKs wait in their own LockedSlab (Size x 32 bytes:
+// two pages for the default 256); the EDKs and IDs are not secret and live
+// in the Go heap.
 //
-// Refill starts at Start and whenever a Take leaves fewer than size/2 keys.
-// Several refillers ask the KMS at once (poolOptions.Refillers): against a
-// remote KMS each GenerateDataKey is a network round trip, and one at a time
-// a burst of creates would drain the pool faster than it refills.
-// A failing KMS is retried with exponential backoff (a warning per failure,
-// never a spin); meanwhile Take generates synchronously, so creates still
-// work, just slower, and fail with the KMS's error if it is really down.
+// The pool aims for a target number of ready keys: Start at first (so a
+// mount that never creates a file makes few calls), doubled up to Size each
+// time a take finds the pool empty. Refill starts at start and whenever a
+// take leaves fewer than target/2 keys, and keeps up to Refillers calls in
+// flight: a remote KMS answers each GenerateDataKey after a network round
+// trip of several milliseconds, so hiding it from a burst of creates takes
+// (create rate x round trip) calls under way, about 30 for 3,000 creates/s
+// and 10 ms (docs/performance.md measures it through a delaying proxy).
+//
+// A take that finds the pool empty while refills are under way waits for
+// the next key to land (a fraction of a round trip) rather than adding a
+// call of its own. With no refill under way, or while refills are failing,
+// it generates synchronously: creates still work, just slower, and fail
+// with the KMS's error if it is really down. A failing KMS is retried with
+// exponential backoff (a warning per failure, never a spin).
 
 import (
 	"context"
@@ -27,12 +35,16 @@ import (
 	"github.com/kmsfs/kmsfs/crypto"
 )
 
-// DefaultPoolSize is the number of ready keys the pool aims for.
-const DefaultPoolSize = 32
+// DefaultPoolSize is the most ready keys the pool aims for, after bursts of
+// creates have grown its target.
+const DefaultPoolSize = 256
+
+// DefaultPoolStart is the pool's first target.
+const DefaultPoolStart = 32
 
 // DefaultPoolRefillers is how many GenerateDataKey calls a refill keeps in
-// flight.
-const DefaultPoolRefillers = 8
+// flight at most (never more than the keys missing).
+const DefaultPoolRefillers = 64
 
 // Backoff bounds for a failing refill.
 const (
@@ -60,7 +72,8 @@ type kmsCounters struct {
 }
 
 type poolOptions struct {
-	Size         int
+	Size         int // slab slots: the largest target
+	Start        int // first target, 1..Size; 0: Size
 	FilesystemID string
 	KeyARN       string
 	Provider     Provider
@@ -79,8 +92,11 @@ type dekPool struct {
 	mu      sync.Mutex
 	slab    *LockedSlab
 	ready   []poolEntry
-	free    []int // unused slab slots
-	filling int   // refills reserved and not yet deposited (each holds no slot yet)
+	free    []int      // unused slab slots
+	filling int        // refills reserved and not yet deposited (each holds no slot yet)
+	target  int        // ready keys aimed for: Start, doubled up to Size by empty takes
+	failing bool       // the last refill failed: takes generate synchronously
+	landed  *sync.Cond // on mu: a key was deposited, a refill ended, or the pool closed
 	closed  bool
 	started bool
 	cancel  context.CancelFunc
@@ -88,7 +104,7 @@ type dekPool struct {
 
 	kick chan struct{} // capacity 1: "refill, please"
 
-	generated, taken, fallbacks, refillErrors atomic.Uint64
+	generated, taken, fallbacks, waits, refillErrors atomic.Uint64
 }
 
 func newDEKPool(o poolOptions) (*dekPool, error) {
@@ -107,17 +123,22 @@ func newDEKPool(o poolOptions) (*dekPool, error) {
 	if o.Refillers <= 0 {
 		o.Refillers = 1
 	}
+	if o.Start <= 0 || o.Start > o.Size {
+		o.Start = o.Size
+	}
 	slab, err := NewLockedSlab(o.Size, crypto.DEKSize)
 	if err != nil {
 		return nil, fmt.Errorf("DEK pool of %d keys: %w", o.Size, err)
 	}
 	p := &dekPool{
-		o:     o,
-		slab:  slab,
-		ready: make([]poolEntry, 0, o.Size),
-		free:  make([]int, o.Size),
-		kick:  make(chan struct{}, 1),
+		o:      o,
+		slab:   slab,
+		ready:  make([]poolEntry, 0, o.Size),
+		free:   make([]int, o.Size),
+		kick:   make(chan struct{}, 1),
+		target: o.Start,
 	}
+	p.landed = sync.NewCond(&p.mu)
 	for i := range p.free {
 		p.free[i] = o.Size - 1 - i
 	}
@@ -148,16 +169,28 @@ func (p *dekPool) signal() {
 }
 
 // take returns a fresh key and copies its DEK into dek (DEKSize bytes),
-// which the caller must zero. A warm pool answers without a KMS call; an
-// empty one generates synchronously.
+// which the caller must zero. A warm pool answers without a KMS call. An
+// empty one doubles its target, then waits for a refill under way to land
+// a key, or generates synchronously when none is (see the file comment).
 func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 	if len(dek) != crypto.DEKSize {
 		return pooledKey{}, fmt.Errorf("DEK pool: buffer of %d bytes, want %d", len(dek), crypto.DEKSize)
 	}
 	p.mu.Lock()
+	if len(p.ready) == 0 && !p.closed {
+		p.target = min(2*p.target, p.o.Size)
+		p.signal()
+		if p.filling > 0 && !p.failing {
+			p.waitLanded(ctx)
+		}
+	}
 	if p.closed {
 		p.mu.Unlock()
 		return pooledKey{}, fmt.Errorf("DEK pool: closed")
+	}
+	if err := ctx.Err(); err != nil {
+		p.mu.Unlock()
+		return pooledKey{}, fmt.Errorf("DEK pool: %w", err)
 	}
 	if n := len(p.ready); n > 0 {
 		e := p.ready[n-1]
@@ -166,7 +199,7 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 		copy(dek, p.slab.Slot(e.slot))
 		p.slab.Clear(e.slot)
 		p.free = append(p.free, e.slot)
-		low := len(p.ready) < p.o.Size/2 || len(p.ready) == 0
+		low := len(p.ready) < p.target/2 || len(p.ready) == 0
 		p.mu.Unlock()
 		p.taken.Add(1)
 		if low {
@@ -175,7 +208,6 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 		return e.key, nil
 	}
 	p.mu.Unlock()
-	p.signal()
 
 	p.fallbacks.Add(1)
 	k, plain, err := p.generate(ctx)
@@ -186,6 +218,21 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 	crypto.Zero(plain)
 	p.taken.Add(1)
 	return k, nil
+}
+
+// waitLanded waits, with p.mu held, until a key is ready, no refill is
+// under way any more, refills fail, the pool closes or ctx ends.
+func (p *dekPool) waitLanded(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.landed.Broadcast()
+	})
+	defer stop()
+	p.waits.Add(1)
+	for len(p.ready) == 0 && p.filling > 0 && !p.failing && !p.closed && ctx.Err() == nil {
+		p.landed.Wait()
+	}
 }
 
 // generate draws a file ID and asks the KMS for a data key bound to it.
@@ -230,6 +277,10 @@ func (p *dekPool) refillLoop(ctx context.Context) {
 		}
 		for {
 			err := p.fill(ctx)
+			p.mu.Lock()
+			p.failing = err != nil
+			p.landed.Broadcast()
+			p.mu.Unlock()
 			if err == nil {
 				backoff = p.o.MinBackoff
 				break
@@ -281,7 +332,7 @@ func (p *dekPool) fill(ctx context.Context) error {
 func (p *dekPool) reserve() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || len(p.ready)+p.filling >= p.o.Size {
+	if p.closed || len(p.ready)+p.filling >= p.target {
 		return false
 	}
 	p.filling++
@@ -294,6 +345,7 @@ func (p *dekPool) refillOne(ctx context.Context) error {
 	if err != nil {
 		p.mu.Lock()
 		p.filling--
+		p.landed.Broadcast()
 		p.mu.Unlock()
 		return err
 	}
@@ -302,13 +354,26 @@ func (p *dekPool) refillOne(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.filling--
 	if p.closed || len(p.free) == 0 {
+		p.landed.Broadcast()
 		return nil
 	}
 	slot := p.free[len(p.free)-1]
 	p.free = p.free[:len(p.free)-1]
 	copy(p.slab.Slot(slot), plain)
 	p.ready = append(p.ready, poolEntry{key: k, slot: slot})
+	if p.filling == 0 {
+		p.landed.Broadcast() // the waiters beyond this key generate their own
+	} else {
+		p.landed.Signal()
+	}
 	return nil
+}
+
+// currentTarget reports how many ready keys the pool aims for now.
+func (p *dekPool) currentTarget() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.target
 }
 
 // readyCount reports how many keys are waiting.
@@ -326,6 +391,7 @@ func (p *dekPool) close() error {
 		return nil
 	}
 	p.closed = true
+	p.landed.Broadcast()
 	cancel, done := p.cancel, p.done
 	p.mu.Unlock()
 	if cancel != nil {

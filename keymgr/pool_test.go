@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,6 +65,9 @@ type stCountingProvider struct {
 
 	generateDelay                         time.Duration
 	generateInflight, maxGenerateInflight atomic.Int64
+	// generateGate, when set, holds every GenerateDataKey until it can
+	// receive from it (one call per value sent; all once it is closed).
+	generateGate chan struct{}
 }
 
 func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
@@ -78,6 +82,13 @@ func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string,
 	}
 	if p.generateDelay > 0 {
 		time.Sleep(p.generateDelay)
+	}
+	if p.generateGate != nil {
+		select {
+		case <-p.generateGate:
+		case <-ctx.Done():
+			return DataKey{}, ctx.Err()
+		}
 	}
 	return p.Provider.GenerateDataKey(ctx, keyRef, ec)
 }
@@ -349,6 +360,122 @@ func TestPoolRefillsConcurrently(t *testing.T) {
 			if got := p.readyCount(); got != size {
 				t.Errorf("ready keys: got %d, want %d", got, size)
 			}
+		})
+	}
+}
+
+// TestPoolTargetGrowsWhenDrained: the pool aims for Start keys at first and
+// doubles its target, up to Size, each time a take finds it empty; it never
+// generates more keys than its target plus the keys taken. Every
+// GenerateDataKey waits for a token, so the test decides when keys land.
+func TestPoolTargetGrowsWhenDrained(t *testing.T) {
+	kms := newStKMS(t)
+	gate := make(chan struct{})
+	kms.prov.generateGate = gate
+	t.Cleanup(func() { close(gate) })
+	release := func(n int) {
+		t.Helper()
+		for i := range n {
+			select {
+			case gate <- struct{}{}:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("GenerateDataKey calls: only %d of the %d expected came", i, n)
+			}
+		}
+	}
+	const start, size = 4, 16
+	p, _ := newStPool(t, kms, size, func(o *poolOptions) { o.Start = start; o.Refillers = 4 })
+	p.start(context.Background())
+	release(start)
+	waitFor(t, "the first fill", func() bool { return p.readyCount() == start })
+	generated := start
+	dek := make([]byte, crypto.DEKSize)
+	for _, want := range []int{8, 16, 16} {
+		n := p.readyCount()
+		for range n {
+			if _, err := p.take(context.Background(), dek); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The pool is empty and its refills wait at the gate: this take
+		// doubles the target, then waits for a refill (or generates).
+		done := make(chan error, 1)
+		waits, fallbacks := p.waits.Load(), p.fallbacks.Load()
+		go func() {
+			_, err := p.take(context.Background(), make([]byte, crypto.DEKSize))
+			done <- err
+		}()
+		waitFor(t, "the take on the empty pool", func() bool { return p.waits.Load() > waits || p.fallbacks.Load() > fallbacks })
+		if got := p.currentTarget(); got != want {
+			t.Fatalf("target after a take found the pool empty: got %d, want %d", got, want)
+		}
+		release(want + 1) // the key for that take, then a full pool
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, fmt.Sprintf("a fill to %d", want), func() bool { return p.readyCount() == want })
+		generated += want + 1
+		if got := kms.prov.generate.Load(); got != int64(generated) {
+			t.Fatalf("GenerateDataKey calls: got %d, want %d", got, generated)
+		}
+	}
+}
+
+// TestPoolEmptyTakeWaitsForRefill: a take that finds the pool empty while
+// refills are under way gets the next key they land instead of calling
+// the KMS itself; a take whose context ends or whose pool closes while it
+// waits returns at once with that error.
+func TestPoolEmptyTakeWaitsForRefill(t *testing.T) {
+	tests := []struct {
+		name    string
+		end     func(p *dekPool, cancel context.CancelFunc, gate chan struct{})
+		wantErr string
+	}{
+		{name: "a key lands", end: func(_ *dekPool, _ context.CancelFunc, gate chan struct{}) { gate <- struct{}{} }},
+		{name: "context canceled", end: func(_ *dekPool, cancel context.CancelFunc, _ chan struct{}) { cancel() }, wantErr: "context canceled"},
+		{name: "pool closed", end: func(p *dekPool, _ context.CancelFunc, _ chan struct{}) { _ = p.close() }, wantErr: "closed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kms := newStKMS(t)
+			gate := make(chan struct{})
+			kms.prov.generateGate = gate
+			p, _ := newStPool(t, kms, 4, func(o *poolOptions) { o.Refillers = 4 })
+			p.start(context.Background())
+			waitFor(t, "4 refills under way", func() bool { return kms.prov.generateInflight.Load() == 4 })
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			type result struct {
+				k   pooledKey
+				err error
+			}
+			got := make(chan result, 1)
+			dek := make([]byte, crypto.DEKSize)
+			go func() {
+				k, err := p.take(ctx, dek)
+				got <- result{k, err}
+			}()
+			waitFor(t, "the take to wait", func() bool { return p.waits.Load() == 1 })
+			tc.end(p, cancel, gate)
+			r := <-got
+			if tc.wantErr != "" {
+				if r.err == nil || !strings.Contains(r.err.Error(), tc.wantErr) {
+					t.Fatalf("take: got %v, want an error with %q", r.err, tc.wantErr)
+				}
+			} else {
+				if r.err != nil {
+					t.Fatalf("take: %v", r.err)
+				}
+				checkPooledKey(t, kms, r.k, dek)
+			}
+			if got := p.fallbacks.Load(); got != 0 {
+				t.Fatalf("synchronous GenerateDataKey calls by takes: got %d, want 0", got)
+			}
+			if got := kms.prov.generate.Load(); got != 4 {
+				t.Fatalf("GenerateDataKey calls: got %d, want the 4 refills", got)
+			}
+			close(gate)
 		})
 	}
 }

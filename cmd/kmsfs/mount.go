@@ -28,7 +28,7 @@ import (
 const (
 	cacheEntries = 100000
 	cacheTTL     = time.Hour
-	poolSize     = 32
+	poolSize     = keymgr.DefaultPoolSize
 )
 
 type mountFlags struct {
