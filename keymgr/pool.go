@@ -1,27 +1,30 @@
 package keymgr
 
 // The DEK pool keeps fresh (file ID, DEK, EDK) triples ready so that
-// creat(2) does not wait on a KMS round trip: a background goroutine calls
-// GenerateDataKey (with the encryption context of the file ID it drew) and
-// parks the result. The DEKs wait in their own LockedSlab (Size x 32 bytes:
-// two pages for the default 256); the EDKs and IDs are not secret and live
-// in the Go heap.
+// creat(2) does not wait on a KMS round trip: background goroutines call
+// GenerateDataKey (with the encryption context of the file ID each drew)
+// and park the results. The DEKs wait in their own LockedSlab (Size x 32
+// bytes: two pages for the default 256); the EDKs and IDs are not secret
+// and live in the Go heap.
 //
 // The pool aims for a target number of ready keys: Start at first (so a
 // mount that never creates a file makes few calls), doubled up to Size each
-// time a take finds the pool empty. Refill starts at start and whenever a
-// take leaves fewer than target/2 keys, and keeps up to Refillers calls in
-// flight: a remote KMS answers each GenerateDataKey after a network round
-// trip of several milliseconds, so hiding it from a burst of creates takes
-// (create rate x round trip) calls under way, about 30 for 3,000 creates/s
-// and 10 ms (docs/performance.md measures it through a delaying proxy).
+// time a take finds the pool empty. Once the keys ready plus those under
+// way fall below half the target, refill calls start, up to Refillers at
+// once, and each refill that lands a key starts the next until the target
+// is reached. A remote KMS answers each GenerateDataKey after a network
+// round trip of several milliseconds, so hiding it from a burst of creates
+// takes (create rate x round trip) calls under way: about 30 for 3,000
+// creates/s and 10 ms (docs/performance.md measures it through a delaying
+// proxy).
 //
 // A take that finds the pool empty while refills are under way waits for
 // the next key to land (a fraction of a round trip) rather than adding a
 // call of its own. With no refill under way, or while refills are failing,
 // it generates synchronously: creates still work, just slower, and fail
-// with the KMS's error if it is really down. A failing KMS is retried with
-// exponential backoff (a warning per failure, never a spin).
+// with the KMS's error if it is really down. A failed refill backs off
+// exponentially (one warning per backoff, never a spin); after the backoff
+// a single refill probes the KMS, and a success lets them all run again.
 
 import (
 	"context"
@@ -80,7 +83,7 @@ type poolOptions struct {
 	Rand         io.Reader // must be safe for concurrent use
 	Logger       *slog.Logger
 	Counters     *kmsCounters
-	Refillers    int           // GenerateDataKey calls in flight while refilling; 0: 1
+	Refillers    int           // most GenerateDataKey calls in flight while refilling; 0: 1
 	MinBackoff   time.Duration // 0: poolMinBackoff
 	MaxBackoff   time.Duration // 0: poolMaxBackoff
 }
@@ -92,17 +95,24 @@ type dekPool struct {
 	mu      sync.Mutex
 	slab    *LockedSlab
 	ready   []poolEntry
-	free    []int      // unused slab slots
-	filling int        // refills reserved and not yet deposited (each holds no slot yet)
-	target  int        // ready keys aimed for: Start, doubled up to Size by empty takes
-	failing bool       // the last refill failed: takes generate synchronously
-	landed  *sync.Cond // on mu: a key was deposited, a refill ended, or the pool closed
-	closed  bool
-	started bool
-	cancel  context.CancelFunc
-	done    chan struct{}
-
-	kick chan struct{} // capacity 1: "refill, please"
+	free    []int // unused slab slots
+	filling int   // refill calls under way (each holds no slot yet)
+	target  int   // ready keys aimed for: Start, doubled up to Size by empty takes
+	// refilling: a refill cycle runs, from when fewer than half the target
+	// are ready or under way until the target is.
+	refilling bool
+	landed    *sync.Cond // on mu: a key landed, a refill ended, or the pool closed
+	closed    bool
+	started   bool
+	ctx       context.Context // the refills'; ends at close
+	cancel    context.CancelFunc
+	refills   sync.WaitGroup // refill goroutines and the backoff timer's
+	// failing: the last refill failed; until one succeeds, takes generate
+	// synchronously and at most one refill (a probe) runs at a time.
+	// backoff is the wait before the next probe; retry, while set, waits it.
+	failing bool
+	backoff time.Duration
+	retry   *time.Timer
 
 	generated, taken, fallbacks, waits, refillErrors atomic.Uint64
 }
@@ -131,12 +141,12 @@ func newDEKPool(o poolOptions) (*dekPool, error) {
 		return nil, fmt.Errorf("DEK pool of %d keys: %w", o.Size, err)
 	}
 	p := &dekPool{
-		o:      o,
-		slab:   slab,
-		ready:  make([]poolEntry, 0, o.Size),
-		free:   make([]int, o.Size),
-		kick:   make(chan struct{}, 1),
-		target: o.Start,
+		o:       o,
+		slab:    slab,
+		ready:   make([]poolEntry, 0, o.Size),
+		free:    make([]int, o.Size),
+		target:  o.Start,
+		backoff: o.MinBackoff,
 	}
 	p.landed = sync.NewCond(&p.mu)
 	for i := range p.free {
@@ -145,8 +155,8 @@ func newDEKPool(o poolOptions) (*dekPool, error) {
 	return p, nil
 }
 
-// start launches the refill goroutine, which fills the pool at once and
-// runs until close (or until ctx ends). A second start does nothing.
+// start fills the pool in the background, until close or until ctx ends.
+// A second start does nothing.
 func (p *dekPool) start(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -154,17 +164,37 @@ func (p *dekPool) start(ctx context.Context) {
 		return
 	}
 	p.started = true
-	ctx, p.cancel = context.WithCancel(ctx)
-	p.done = make(chan struct{})
-	go p.refillLoop(ctx)
-	p.signal()
+	p.ctx, p.cancel = context.WithCancel(ctx)
+	p.topUpLocked()
 }
 
-// signal asks the refill goroutine to top up, without blocking.
-func (p *dekPool) signal() {
-	select {
-	case p.kick <- struct{}{}:
-	default:
+// topUpLocked, with p.mu held, starts refill calls while a refill cycle
+// runs (see refilling), keys are missing from the target and fewer than
+// Refillers calls (one while failing) are under way; none before start,
+// after close, or while backing off.
+func (p *dekPool) topUpLocked() {
+	if !p.started || p.closed || p.retry != nil || p.ctx.Err() != nil {
+		return
+	}
+	have := len(p.ready) + p.filling
+	switch {
+	case have >= p.target:
+		p.refilling = false
+		return
+	case have < (p.target+1)/2:
+		p.refilling = true
+	}
+	if !p.refilling {
+		return // a few keys taken from a full pool: wait until half are gone
+	}
+	limit := p.o.Refillers
+	if p.failing {
+		limit = 1
+	}
+	for p.filling < limit && len(p.ready)+p.filling < p.target {
+		p.filling++
+		p.refills.Add(1)
+		go p.refill()
 	}
 }
 
@@ -179,7 +209,8 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 	p.mu.Lock()
 	if len(p.ready) == 0 && !p.closed {
 		p.target = min(2*p.target, p.o.Size)
-		p.signal()
+		p.refilling = true
+		p.topUpLocked()
 		if p.filling > 0 && !p.failing {
 			p.waitLanded(ctx)
 		}
@@ -199,12 +230,9 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 		copy(dek, p.slab.Slot(e.slot))
 		p.slab.Clear(e.slot)
 		p.free = append(p.free, e.slot)
-		low := len(p.ready) < p.target/2 || len(p.ready) == 0
+		p.topUpLocked()
 		p.mu.Unlock()
 		p.taken.Add(1)
-		if low {
-			p.signal()
-		}
 		return e.key, nil
 	}
 	p.mu.Unlock()
@@ -266,107 +294,55 @@ func (p *dekPool) generate(ctx context.Context) (pooledKey, []byte, error) {
 	return pooledKey{ID: id, EDK: dk.Ciphertext, KeyARN: arn, KeyVersion: dk.KeyVersion}, dk.Plaintext, nil
 }
 
-func (p *dekPool) refillLoop(ctx context.Context) {
-	defer close(p.done)
-	backoff := p.o.MinBackoff
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.kick:
-		}
-		for {
-			err := p.fill(ctx)
-			p.mu.Lock()
-			p.failing = err != nil
-			p.landed.Broadcast()
-			p.mu.Unlock()
-			if err == nil {
-				backoff = p.o.MinBackoff
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			p.refillErrors.Add(1)
-			p.o.Logger.Warn("DEK pool refill failed; creates generate keys synchronously meanwhile",
-				"key_arn", p.o.KeyARN, "retry_in", backoff, "err", err)
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			backoff = min(backoff*2, p.o.MaxBackoff)
-		}
-	}
-}
-
-// fill tops the pool up with up to Refillers calls in flight and returns
-// the first error (the other refillers stop at their next key).
-func (p *dekPool) fill(ctx context.Context) error {
-	var (
-		wg       sync.WaitGroup
-		errOnce  sync.Once
-		firstErr error
-		failed   atomic.Bool
-	)
-	for range p.o.Refillers {
-		wg.Go(func() {
-			for !failed.Load() && p.reserve() {
-				if err := p.refillOne(ctx); err != nil {
-					failed.Store(true)
-					errOnce.Do(func() { firstErr = err })
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return firstErr
-}
-
-// reserve claims the right to add one key: the keys waiting plus those
-// being generated stay within the pool's size.
-func (p *dekPool) reserve() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || len(p.ready)+p.filling >= p.target {
-		return false
-	}
-	p.filling++
-	return true
-}
-
-// refillOne generates the key a reserve claimed and parks it.
-func (p *dekPool) refillOne(ctx context.Context) error {
-	k, plain, err := p.generate(ctx)
-	if err != nil {
-		p.mu.Lock()
-		p.filling--
-		p.landed.Broadcast()
-		p.mu.Unlock()
-		return err
-	}
+// refill generates one key for the pool (topUpLocked counted it in
+// filling), parks it, and tops up again; a failure starts the backoff.
+func (p *dekPool) refill() {
+	defer p.refills.Done()
+	k, plain, err := p.generate(p.ctx)
 	defer crypto.Zero(plain)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.filling--
+	defer p.landed.Broadcast() // waiters re-check: a key, or no refill left
+	if err != nil {
+		if p.closed || p.ctx.Err() != nil {
+			return
+		}
+		p.refillErrors.Add(1)
+		p.failing = true
+		if p.retry == nil {
+			p.o.Logger.Warn("DEK pool refill failed; creates generate keys synchronously meanwhile",
+				"key_arn", p.o.KeyARN, "retry_in", p.backoff, "err", err)
+			p.refills.Add(1)
+			p.retry = time.AfterFunc(p.backoff, func() {
+				defer p.refills.Done()
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				p.retry = nil
+				p.topUpLocked()
+			})
+			p.backoff = min(2*p.backoff, p.o.MaxBackoff)
+		}
+		return
+	}
+	p.failing = false
+	p.backoff = p.o.MinBackoff
+	if p.parkLocked(k, plain) {
+		p.topUpLocked()
+	}
+}
+
+// parkLocked, with p.mu held, copies a generated key into a free slot and
+// queues it; false (the key is dropped) when the pool is closed or full.
+func (p *dekPool) parkLocked(k pooledKey, plain []byte) bool {
 	if p.closed || len(p.free) == 0 {
-		p.landed.Broadcast()
-		return nil
+		return false
 	}
 	slot := p.free[len(p.free)-1]
 	p.free = p.free[:len(p.free)-1]
 	copy(p.slab.Slot(slot), plain)
 	p.ready = append(p.ready, poolEntry{key: k, slot: slot})
-	if p.filling == 0 {
-		p.landed.Broadcast() // the waiters beyond this key generate their own
-	} else {
-		p.landed.Signal()
-	}
-	return nil
+	return true
 }
 
 // currentTarget reports how many ready keys the pool aims for now.
@@ -383,7 +359,7 @@ func (p *dekPool) readyCount() int {
 	return len(p.ready)
 }
 
-// close stops the refill goroutine and zeroes every waiting key.
+// close stops the refills and zeroes every waiting key.
 func (p *dekPool) close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -392,12 +368,15 @@ func (p *dekPool) close() error {
 	}
 	p.closed = true
 	p.landed.Broadcast()
-	cancel, done := p.cancel, p.done
-	p.mu.Unlock()
-	if cancel != nil {
-		cancel()
-		<-done
+	if p.cancel != nil {
+		p.cancel()
 	}
+	if p.retry != nil && p.retry.Stop() {
+		p.retry = nil
+		p.refills.Done() // its func will not run
+	}
+	p.mu.Unlock()
+	p.refills.Wait()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ready = nil

@@ -66,8 +66,12 @@ type stCountingProvider struct {
 	generateDelay                         time.Duration
 	generateInflight, maxGenerateInflight atomic.Int64
 	// generateGate, when set, holds every GenerateDataKey until it can
-	// receive from it (one call per value sent; all once it is closed).
+	// receive from it (one call per value sent; all once it is closed);
+	// gateWaiting counts the calls it holds, gatePassed those it let
+	// through (each updated just after the gate, not atomically with it).
 	generateGate chan struct{}
+	gateWaiting  atomic.Int64
+	gatePassed   atomic.Int64
 }
 
 func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
@@ -84,9 +88,13 @@ func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string,
 		time.Sleep(p.generateDelay)
 	}
 	if p.generateGate != nil {
+		p.gateWaiting.Add(1)
 		select {
 		case <-p.generateGate:
+			p.gateWaiting.Add(-1)
+			p.gatePassed.Add(1)
 		case <-ctx.Done():
+			p.gateWaiting.Add(-1)
 			return DataKey{}, ctx.Err()
 		}
 	}
@@ -272,11 +280,19 @@ func TestPoolRefillBacksOff(t *testing.T) {
 
 func TestPoolTakeZeroesItsSlot(t *testing.T) {
 	kms := newStKMS(t)
-	// Not started: refillOne fills it by hand, so nothing races the check.
+	// Not started: the test fills it by hand, and no refill races the check.
 	p2, _ := newStPool(t, kms, 4, nil)
 	for range 4 {
-		if err := p2.refillOne(context.Background()); err != nil {
+		k, plain, err := p2.generate(context.Background())
+		if err != nil {
 			t.Fatal(err)
+		}
+		p2.mu.Lock()
+		parked := p2.parkLocked(k, plain)
+		p2.mu.Unlock()
+		crypto.Zero(plain)
+		if !parked {
+			t.Fatal("parkLocked: the pool refused a key")
 		}
 	}
 	p2.mu.Lock()
@@ -317,7 +333,10 @@ func TestPoolClose(t *testing.T) {
 		t.Fatal("take after close: got no error")
 	}
 	before := kms.prov.generate.Load()
-	p.signal()
+	p.mu.Lock()
+	p.target = 4
+	p.topUpLocked() // what a take would do
+	p.mu.Unlock()
 	time.Sleep(20 * time.Millisecond)
 	if got := kms.prov.generate.Load(); got != before {
 		t.Fatalf("GenerateDataKey calls after close: got %d, want %d", got, before)
@@ -365,16 +384,21 @@ func TestPoolRefillsConcurrently(t *testing.T) {
 }
 
 // TestPoolTargetGrowsWhenDrained: the pool aims for Start keys at first and
-// doubles its target, up to Size, each time a take finds it empty; it never
-// generates more keys than its target plus the keys taken. Every
-// GenerateDataKey waits for a token, so the test decides when keys land.
+// doubles its target, up to Size, each time a take finds it empty; the
+// refills under way then grow to the new target (not only to the keys
+// missing when the refill began), and the pool never generates more keys
+// than its target plus the keys taken. Every GenerateDataKey waits for a
+// token, so the test decides when keys land.
 func TestPoolTargetGrowsWhenDrained(t *testing.T) {
 	kms := newStKMS(t)
 	gate := make(chan struct{})
 	kms.prov.generateGate = gate
 	t.Cleanup(func() { close(gate) })
+	// release lets n calls through the gate, and returns once they are
+	// past it (their count updated).
 	release := func(n int) {
 		t.Helper()
+		passed := kms.prov.gatePassed.Load()
 		for i := range n {
 			select {
 			case gate <- struct{}{}:
@@ -382,23 +406,31 @@ func TestPoolTargetGrowsWhenDrained(t *testing.T) {
 				t.Fatalf("GenerateDataKey calls: only %d of the %d expected came", i, n)
 			}
 		}
+		waitFor(t, "the released calls", func() bool { return kms.prov.gatePassed.Load() == passed+int64(n) })
 	}
 	const start, size = 4, 16
-	p, _ := newStPool(t, kms, size, func(o *poolOptions) { o.Start = start; o.Refillers = 4 })
+	p, _ := newStPool(t, kms, size, func(o *poolOptions) { o.Start = start; o.Refillers = size })
 	p.start(context.Background())
 	release(start)
 	waitFor(t, "the first fill", func() bool { return p.readyCount() == start })
-	generated := start
+	// settled: every refill under way waits at the gate, so no key can
+	// land until the test releases one.
+	settled := func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return int64(p.filling) == kms.prov.gateWaiting.Load()
+	}
 	dek := make([]byte, crypto.DEKSize)
 	for _, want := range []int{8, 16, 16} {
-		n := p.readyCount()
-		for range n {
+		waitFor(t, "the refills to settle at the gate", settled)
+		// Drain the pool: its refills wait at the gate, so no key lands.
+		for n := p.readyCount(); n > 0; n-- {
 			if _, err := p.take(context.Background(), dek); err != nil {
 				t.Fatal(err)
 			}
 		}
-		// The pool is empty and its refills wait at the gate: this take
-		// doubles the target, then waits for a refill (or generates).
+		// This take finds it empty: it doubles the target, then waits
+		// for a refill (or generates).
 		done := make(chan error, 1)
 		waits, fallbacks := p.waits.Load(), p.fallbacks.Load()
 		go func() {
@@ -409,15 +441,17 @@ func TestPoolTargetGrowsWhenDrained(t *testing.T) {
 		if got := p.currentTarget(); got != want {
 			t.Fatalf("target after a take found the pool empty: got %d, want %d", got, want)
 		}
-		release(want + 1) // the key for that take, then a full pool
+		waitFor(t, fmt.Sprintf("%d refills under way", want), func() bool { return kms.prov.gateWaiting.Load() == int64(want) })
+		release(want)
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, fmt.Sprintf("a fill to %d", want), func() bool { return p.readyCount() == want })
-		generated += want + 1
-		if got := kms.prov.generate.Load(); got != int64(generated) {
-			t.Fatalf("GenerateDataKey calls: got %d, want %d", got, generated)
-		}
+	}
+	if got, limit := kms.prov.generate.Load(), int64(p.taken.Load())+size; got > limit {
+		t.Fatalf("GenerateDataKey calls: got %d, want at most %d (keys taken + the largest target)", got, limit)
+	}
+	if got := p.fallbacks.Load(); got != 0 {
+		t.Fatalf("takes that generated their own key: got %d, want 0", got)
 	}
 }
 
@@ -471,9 +505,6 @@ func TestPoolEmptyTakeWaitsForRefill(t *testing.T) {
 			}
 			if got := p.fallbacks.Load(); got != 0 {
 				t.Fatalf("synchronous GenerateDataKey calls by takes: got %d, want 0", got)
-			}
-			if got := kms.prov.generate.Load(); got != 4 {
-				t.Fatalf("GenerateDataKey calls: got %d, want the 4 refills", got)
 			}
 			close(gate)
 		})
