@@ -79,6 +79,8 @@ type bench struct {
 	canDrop    bool
 	dropWarned bool
 	lkURL      string
+	delayURL   string    // the delaying proxy in front of local-kms (kmsfs-aws-10ms)
+	delayCmd   *exec.Cmd // its process
 	lkCmd      *exec.Cmd
 	verbose    bool
 	workloads  []string // empty: all
@@ -91,6 +93,13 @@ func (b *bench) want(w string) bool {
 }
 
 func main() {
+	if spec := os.Getenv(delayProxyEnv); spec != "" {
+		if err := serveDelayProxy(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "delay proxy:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	b := &bench{}
 	quick := os.Getenv("QUICK") != "" && os.Getenv("QUICK") != "0"
 	rounds := 2
@@ -109,7 +118,7 @@ func main() {
 		fsMode = "ext4"
 	}
 	flag.StringVar(&b.fs, "fs", fsMode, "where each system runs: ext4 (a fresh ext4 in a loop device, per system and round) or dir (directly in -dir) (env BENCH_FS)")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,gocryptfs,securefs,kmsfs,kmsfs-aws)")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,gocryptfs,securefs,kmsfs,kmsfs-aws,kmsfs-aws-10ms)")
 	flag.StringVar(&b.kmsfs, "kmsfs", "", "kmsfs binary (default: go build ./cmd/kmsfs)")
 	flag.StringVar(&b.profileDir, "cpuprofile", "", "directory for CPU profiles of the kmsfs mounts")
 	flag.StringVar(&b.goBench, "gobench", "", "file with `go test -bench` output of ./crypto (crypto target)")
@@ -198,6 +207,10 @@ func (b *bench) run(only string, quick bool) error {
 	defer func() {
 		if b.lkCmd != nil {
 			b.lkCmd.Process.Kill()
+		}
+		if b.delayCmd != nil {
+			b.delayCmd.Process.Kill()
+			b.delayCmd.Wait()
 		}
 	}()
 
