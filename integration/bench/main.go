@@ -93,6 +93,13 @@ func (b *bench) want(w string) bool {
 }
 
 func main() {
+	if spec := os.Getenv(loopbackEnv); spec != "" {
+		if err := serveLoopbackNoPassthrough(spec); err != nil {
+			fmt.Fprintln(os.Stderr, "loopback-nopt:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if spec := os.Getenv(delayProxyEnv); spec != "" {
 		if err := serveDelayProxy(spec); err != nil {
 			fmt.Fprintln(os.Stderr, "delay proxy:", err)
@@ -118,7 +125,7 @@ func main() {
 		fsMode = "ext4"
 	}
 	flag.StringVar(&b.fs, "fs", fsMode, "where each system runs: ext4 (a fresh ext4 in a loop device, per system and round) or dir (directly in -dir) (env BENCH_FS)")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,gocryptfs,securefs,kmsfs,kmsfs-aws,kmsfs-aws-10ms)")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,loopback-nopt,gocryptfs,securefs,kmsfs,kmsfs-aws,kmsfs-aws-10ms)")
 	flag.StringVar(&b.kmsfs, "kmsfs", "", "kmsfs binary (default: go build ./cmd/kmsfs)")
 	flag.StringVar(&b.profileDir, "cpuprofile", "", "directory for CPU profiles of the kmsfs mounts")
 	flag.StringVar(&b.goBench, "gobench", "", "file with `go test -bench` output of ./crypto (crypto target)")

@@ -62,6 +62,7 @@ func systems() []*system {
 	return []*system{
 		{name: "plain", check: func(*bench) string { return "" }, mount: mountPlain},
 		{name: "loopback", check: needTool("loopback", "go install github.com/hanwen/go-fuse/v2/example/loopback@v2.12.1"), mount: mountLoopback},
+		{name: "loopback-nopt", check: func(*bench) string { return "" }, mount: mountLoopbackNoPassthrough},
 		{name: "gocryptfs", check: needTool("gocryptfs", "apt-get install -y gocryptfs"), mount: mountGocryptfs},
 		{name: "securefs", check: needTool("securefs", "apt-get install -y securefs"), mount: mountSecurefs},
 		{name: "kmsfs", check: func(*bench) string { return "" }, mount: mountKmsfsLocal},
@@ -118,6 +119,22 @@ func mountLoopback(b *bench, work string) (*mounted, error) {
 		args = append(args, "-directmount")
 	}
 	return b.startMount(exec.Command(bin, append(args, mnt, orig)...), mnt, nil)
+}
+
+// mountLoopbackNoPassthrough starts this binary as the loopback-nopt
+// filesystem (loopbacknopt.go).
+func mountLoopbackNoPassthrough(b *bench, work string) (*mounted, error) {
+	orig, mnt, err := mkdirs(work)
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), loopbackEnv+"="+mnt+" "+orig)
+	return b.startMount(cmd, mnt, nil)
 }
 
 func mountGocryptfs(b *bench, work string) (*mounted, error) {
