@@ -36,7 +36,7 @@ BENCH_GO ?= bin/bench-go.txt
 bench: bench-deps
 	@mkdir -p $(dir $(BENCH_GO))
 	$(GO) test -run '^$$' -bench 'ChunkOverhead' -count 3 ./crypto | tee $(BENCH_GO)
-	$(GO) test -run '^$$' -bench 'Cache|Index' -benchmem ./keymgr
+	$(GO) test -run '^$$' -bench 'Cache|Index|AWSGenerateDataKey' -benchmem ./keymgr
 	$(GO) test -run '^$$' -bench . -benchmem ./fs/...
 	$(GO) run ./integration/bench -gobench $(BENCH_GO)
 

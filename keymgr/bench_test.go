@@ -1,8 +1,11 @@
 package keymgr
 
 import (
+	"context"
 	"crypto/rand"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsfs/kmsfs/crypto"
 )
@@ -123,4 +126,40 @@ func BenchmarkIndexPut(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkAWSGenerateDataKey is one GenerateDataKey through the aws
+// provider to local-kms on 127.0.0.1, 8 calls in flight; client-us/call is
+// this process's CPU (user + system, the SDK and HTTP client) per call,
+// local-kms's own work excluded.
+func BenchmarkAWSGenerateDataKey(b *testing.B) {
+	lk := startLocalKMS(b)
+	p, _ := newTestAWS(b, lk.url, nil)
+	ec := testContext("bench", 1)
+	ctx := context.Background()
+	if _, err := p.GenerateDataKey(ctx, lkAliasA, ec); err != nil { // connect
+		b.Fatal(err)
+	}
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b.SetParallelism(4) // 4 x GOMAXPROCS goroutines: 8 on two cores
+	c0 := cpu()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			dk, err := p.GenerateDataKey(ctx, lkAliasA, ec)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			crypto.Zero(dk.Plaintext)
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(cpu()-c0)/float64(time.Microsecond)/float64(b.N), "client-us/call")
 }
