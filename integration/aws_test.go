@@ -80,6 +80,15 @@ type awsStatus struct {
 		KeyARN string `json:"key_arn"`
 		Files  int    `json:"files"`
 	} `json:"keys"`
+	KeyStores *struct {
+		CacheEntries      int    `json:"cache_entries"`
+		CacheHits         uint64 `json:"cache_hits"`
+		CacheMisses       uint64 `json:"cache_misses"`
+		PoolTarget        int    `json:"pool_target"`
+		PoolSize          int    `json:"pool_size"`
+		PoolTaken         uint64 `json:"pool_taken"`
+		PoolSyncFallbacks uint64 `json:"pool_sync_fallbacks"`
+	} `json:"key_stores"`
 }
 
 func (f *fixture) awsStatus() awsStatus {
@@ -644,6 +653,26 @@ func TestAWSCallCounts(t *testing.T) {
 			want["GenerateDataKey"], want["Decrypt"], want["ReEncrypt"], want["DescribeKey"])
 		if !strings.Contains(text, line) {
 			t.Errorf("status (mounted %v): no line %q in\n%s", mounted, line, text)
+		}
+		// The mount's key stores: every file read is cached (the re-read
+		// hit them all), and this mount created nothing.
+		if !mounted {
+			if s.KeyStores != nil || strings.Contains(text, "dek cache:") {
+				t.Errorf("status (not mounted): key stores reported: %+v\n%s", s.KeyStores, text)
+			}
+			continue
+		}
+		k := s.KeyStores
+		if k == nil {
+			t.Fatalf("status --json (mounted): no key_stores")
+		}
+		if k.CacheEntries != n || k.CacheMisses < n || k.CacheHits < n || k.PoolTaken != 0 || k.PoolSyncFallbacks != 0 ||
+			k.PoolTarget != keymgr.DefaultPoolStart || k.PoolSize != keymgr.DefaultPoolSize {
+			t.Errorf("status --json (mounted): key_stores %+v; want %d cached keys, >= %d misses and hits, nothing taken from a pool of target %d (at most %d)",
+				*k, n, n, keymgr.DefaultPoolStart, keymgr.DefaultPoolSize)
+		}
+		if line := fmt.Sprintf("dek cache: %d of ", n); !strings.Contains(text, line) || !strings.Contains(text, "dek pool: ") {
+			t.Errorf("status (mounted): no lines %q and \"dek pool: \" in\n%s", line, text)
 		}
 	}
 }

@@ -76,11 +76,38 @@ type controlResponse struct {
 // mountStatus is the mount's answer to "status": its index's counts and
 // the key new files get.
 type mountStatus struct {
-	PID    int           `json:"pid"`
-	KeyARN string        `json:"key_arn"`
-	Epoch  uint32        `json:"rewrap_epoch,omitempty"`
-	Files  int           `json:"files"`
-	Keys   []keyVersions `json:"keys"`
+	PID       int           `json:"pid"`
+	KeyARN    string        `json:"key_arn"`
+	Epoch     uint32        `json:"rewrap_epoch,omitempty"`
+	Files     int           `json:"files"`
+	Keys      []keyVersions `json:"keys"`
+	KeyStores *keyStores    `json:"key_stores,omitempty"`
+}
+
+// keyStores is what a mount's DEK cache and DEK pool hold and have done
+// since it started (keymgr.ManagerStats), for status.
+type keyStores struct {
+	CacheEntries      int    `json:"cache_entries"`
+	CacheCapacity     int    `json:"cache_capacity"`
+	CacheLockedBytes  int    `json:"cache_locked_bytes"`
+	CacheHits         uint64 `json:"cache_hits"`
+	CacheMisses       uint64 `json:"cache_misses"`
+	PoolReady         int    `json:"pool_ready"`
+	PoolTarget        int    `json:"pool_target"`
+	PoolSize          int    `json:"pool_size"`
+	PoolTaken         uint64 `json:"pool_taken"`
+	PoolWaits         uint64 `json:"pool_waits"`
+	PoolSyncFallbacks uint64 `json:"pool_sync_fallbacks"`
+	PoolRefillErrors  uint64 `json:"pool_refill_errors"`
+}
+
+func keyStoresOf(st keymgr.ManagerStats) *keyStores {
+	return &keyStores{
+		CacheEntries: st.CacheEntries, CacheCapacity: st.CacheCapacity, CacheLockedBytes: st.CacheLockedBytes,
+		CacheHits: st.CacheHits, CacheMisses: st.CacheMisses,
+		PoolReady: st.PoolReady, PoolTarget: st.PoolTarget, PoolSize: st.PoolSize, PoolTaken: st.PoolTaken,
+		PoolWaits: st.PoolWaits, PoolSyncFallbacks: st.PoolSyncFallbacks, PoolRefillErrors: st.PoolRefillErrors,
+	}
 }
 
 // controlServer serves a mount's control socket.
@@ -268,7 +295,8 @@ func (s *controlServer) status() (mountStatus, error) {
 		return mountStatus{}, fmt.Errorf("mount's header index: %w", err)
 	}
 	arn, epoch := s.mgr.WrapKey()
-	return mountStatus{PID: os.Getpid(), KeyARN: arn, Epoch: epoch, Files: c.files, Keys: c.rows()}, nil
+	return mountStatus{PID: os.Getpid(), KeyARN: arn, Epoch: epoch, Files: c.files, Keys: c.rows(),
+		KeyStores: keyStoresOf(s.mgr.Stats())}, nil
 }
 
 // keyChanged re-reads the keyring now and refills the DEK pool, so new

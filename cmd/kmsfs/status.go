@@ -36,6 +36,8 @@ type statusReport struct {
 	// KMSCalls counts the KMS calls in .kmsfs/audit.log per op, whatever
 	// their outcome.
 	KMSCalls map[string]int `json:"kms_calls"`
+	// KeyStores: the mount's DEK cache and pool (mounted only).
+	KeyStores *keyStores `json:"key_stores,omitempty"`
 
 	unreadable int    // cipher files with no valid header (headers source only)
 	note       string // why the counts come from the headers
@@ -132,6 +134,7 @@ func statusOf(arg string) (statusReport, error) {
 		if ms, cerr := mountStatusOf(dir); cerr == nil {
 			err = nil
 			r.Source = "mount"
+			r.KeyStores = ms.KeyStores
 			c = counter{files: ms.Files, by: map[keyVersions]int{}}
 			for _, k := range ms.Keys {
 				c.by[keyVersions{KeyARN: k.KeyARN, KeyVersion: k.KeyVersion}] = k.Files
@@ -208,6 +211,12 @@ func printStatus(w io.Writer, r statusReport) {
 	}
 	if r.unreadable > 0 {
 		fmt.Fprintf(w, "unreadable: %d (no valid header: run kmsfs fsck)\n", r.unreadable)
+	}
+	if k := r.KeyStores; k != nil {
+		fmt.Fprintf(w, "dek cache: %d of %d keys, %d bytes locked; %d hits, %d misses\n",
+			k.CacheEntries, k.CacheCapacity, k.CacheLockedBytes, k.CacheHits, k.CacheMisses)
+		fmt.Fprintf(w, "dek pool: %d ready, target %d (at most %d); %d taken, %d waited for a refill, %d generated synchronously, %d refill errors\n",
+			k.PoolReady, k.PoolTarget, k.PoolSize, k.PoolTaken, k.PoolWaits, k.PoolSyncFallbacks, k.PoolRefillErrors)
 	}
 	if len(r.Keys) == 0 {
 		return
