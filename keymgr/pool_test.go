@@ -246,36 +246,46 @@ func TestPoolColdTakeGeneratesSynchronously(t *testing.T) {
 	}
 }
 
+// TestPoolRefillBacksOff: a failing KMS is retried with backoff, one
+// probe at a time however many refills may run (a probe per refiller
+// would multiply the calls against a KMS that is down), and a take
+// meanwhile fails with the KMS's error.
 func TestPoolRefillBacksOff(t *testing.T) {
-	kms := newStKMS(t)
-	kms.setEnabled(t, false)
-	p, tl := newStPool(t, kms, 4, func(o *poolOptions) {
-		o.MinBackoff = 20 * time.Millisecond
-		o.MaxBackoff = 40 * time.Millisecond
-	})
-	tl.expectWarnings()
-	p.start(context.Background())
-	time.Sleep(300 * time.Millisecond)
-	calls := kms.prov.generate.Load()
-	// 300 ms at 20, 40, 40, ... ms between attempts: about 8 attempts.
-	if calls < 2 || calls > 12 {
-		t.Fatalf("GenerateDataKey attempts in 300 ms with 20-40 ms backoff: got %d, want 2..12", calls)
-	}
-	if got := len(tl.messages(slog.LevelWarn)); got < 2 {
-		t.Fatalf("refill warnings: got %d, want >= 2", got)
-	}
-	if got := p.refillErrors.Load(); got < 2 {
-		t.Fatalf("refill errors: got %d, want >= 2", got)
-	}
+	for _, refillers := range []int{1, 4} {
+		t.Run(fmt.Sprintf("refillers=%d", refillers), func(t *testing.T) {
+			kms := newStKMS(t)
+			kms.setEnabled(t, false)
+			p, tl := newStPool(t, kms, 4, func(o *poolOptions) {
+				o.MinBackoff = 20 * time.Millisecond
+				o.MaxBackoff = 40 * time.Millisecond
+				o.Refillers = refillers
+			})
+			tl.expectWarnings()
+			p.start(context.Background())
+			time.Sleep(300 * time.Millisecond)
+			calls := kms.prov.generate.Load()
+			// The first refills, then one probe per 20, 40, 40, ... ms:
+			// about 8 probes in 300 ms.
+			if calls < 2 || calls > int64(refillers)+12 {
+				t.Fatalf("GenerateDataKey attempts in 300 ms with 20-40 ms backoff: got %d, want 2..%d", calls, refillers+12)
+			}
+			if got := len(tl.messages(slog.LevelWarn)); got < 2 {
+				t.Fatalf("refill warnings: got %d, want >= 2", got)
+			}
+			if got := p.refillErrors.Load(); got < 2 {
+				t.Fatalf("refill errors: got %d, want >= 2", got)
+			}
 
-	// Meanwhile a take fails with the KMS's error.
-	_, err := p.take(context.Background(), make([]byte, crypto.DEKSize))
-	if !errors.Is(err, ErrKeyDisabled) {
-		t.Fatalf("take with the key disabled: got %v, want %v", err, ErrKeyDisabled)
-	}
+			// Meanwhile a take fails with the KMS's error.
+			_, err := p.take(context.Background(), make([]byte, crypto.DEKSize))
+			if !errors.Is(err, ErrKeyDisabled) {
+				t.Fatalf("take with the key disabled: got %v, want %v", err, ErrKeyDisabled)
+			}
 
-	kms.setEnabled(t, true)
-	waitFor(t, "the pool to fill once the key is enabled", func() bool { return p.readyCount() == 4 })
+			kms.setEnabled(t, true)
+			waitFor(t, "the pool to fill once the key is enabled", func() bool { return p.readyCount() == 4 })
+		})
+	}
 }
 
 func TestPoolTakeZeroesItsSlot(t *testing.T) {
