@@ -308,12 +308,12 @@ func mountKmsfsAWS(b *bench, work string) (*mounted, error) {
 const kmsDelay = 10 * time.Millisecond
 
 func mountKmsfsAWSDelayed(b *bench, work string) (*mounted, error) {
-	url, err := b.localKMS()
+	backend, err := b.localKMS()
 	if err != nil {
 		return nil, err
 	}
 	if b.delayURL == "" {
-		if b.delayURL, err = b.startDelayProxy(url, kmsDelay); err != nil {
+		if b.delayURL, err = b.startDelayProxy(backend, kmsDelay); err != nil {
 			return nil, err
 		}
 	}
