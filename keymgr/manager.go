@@ -42,8 +42,8 @@ type ManagerOptions struct {
 	// PoolStart is the pool's first target, doubled up to PoolSize each
 	// time a create finds it empty; 0: DefaultPoolStart (at most PoolSize).
 	PoolStart int
-	// PoolRefillers is how many GenerateDataKey calls a refill of the
-	// pool keeps in flight; 0: DefaultPoolRefillers.
+	// PoolRefillers is the most GenerateDataKey calls the pool's refills
+	// keep in flight (one while the KMS fails); 0: DefaultPoolRefillers.
 	PoolRefillers int
 	Layout        crypto.Layout // the filesystem's geometry
 	Rand          io.Reader     // nil: crypto/rand.Reader
