@@ -34,4 +34,20 @@ var (
 	ErrBadLayout = errors.New("crypto: invalid layout")
 	// ErrBadFileID: a file ID string that is not 32 hex characters.
 	ErrBadFileID = errors.New("crypto: invalid file ID")
+	// ErrBadName: not a valid plain name (empty, over 255 bytes, "." or
+	// "..", holding '/' or NUL) or symlink target (empty, over 3039 bytes,
+	// holding NUL); or not an encoded name or target (bad base64, a length
+	// no name or target encodes to, or an authenticated plaintext that is
+	// not a valid name or target).
+	ErrBadName = errors.New("crypto: invalid name")
+	// ErrNameTooLong: wrapped together with ErrBadName for a plain name of
+	// more than 255 bytes; callers map it to ENAMETOOLONG.
+	ErrNameTooLong = errors.New("crypto: name too long")
+	// ErrTargetTooLong: wrapped together with ErrBadName for a symlink
+	// target of more than 3039 bytes (its encoding would not fit
+	// PATH_MAX); callers map it to ENAMETOOLONG.
+	ErrTargetTooLong = errors.New("crypto: symlink target too long")
+	// ErrNameAuth: an encoded name or symlink target that fails
+	// authentication (another directory, tampered, wrong key).
+	ErrNameAuth = errors.New("crypto: name authentication failed")
 )

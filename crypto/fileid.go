@@ -23,6 +23,12 @@ const (
 // FileID identifies one cipher file.
 type FileID [FileIDSize]byte
 
+// NamesKeyID, the all-zero file ID, is reserved for the head that holds a
+// filesystem's wrapped names key (CIPHERDIR/kmsfs.names and its copy
+// .kmsfs/names). No cipher file may carry it: the names key is never a
+// content key. A random ID is zero with probability 2^-128.
+var NamesKeyID = FileID{}
+
 // NewFileID draws a file ID from r (crypto/rand.Reader when r is nil).
 func NewFileID(r io.Reader) (FileID, error) {
 	if r == nil {
