@@ -91,7 +91,7 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestHiddenNames(t *testing.T) {
-	e := newTestFS(t)
+	e := newTestFSPlain(t)
 	if err := os.WriteFile(e.p("visible"), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}

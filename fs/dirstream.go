@@ -6,17 +6,24 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 )
 
 // dirStream lists a cipher directory as plain names: kmsfs's own entries
-// in the root are left out and every other name goes through plainName.
+// are left out and every other name is mapped by the tree (decrypted with
+// encrypted names). A name that does not map (moved from another
+// directory, damaged, a long name without its side file) is left out and
+// logged: never shown as garbage, never as another file.
 // Offsets are the cipher directory's, so seekdir works as it does there.
 //
 // It is also the directory's open handle: fstat of its own fd answers
 // getattr for a directory renamed over or removed while open.
 type dirStream struct {
 	r       *root
-	fd      int // for fstat and fsync; inner owns its own
+	fd      int // for fstat, fsync and side files; inner owns its own
+	ino     uint64
+	id      []byte // the directory's ID (encrypted names)
 	inner   gofs.DirStream
 	root    bool
 	pending *fuse.DirEntry
@@ -31,9 +38,14 @@ var (
 	_ = (gofs.FileGetattrer)((*dirStream)(nil))
 )
 
-// openDir opens the cipher directory at path for listing.
-func openDir(path string, root bool, r *root) (*dirStream, error) {
-	fd, err := syscall.Open(path, syscall.O_DIRECTORY|syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
+// openDir opens the cipher directory behind handle dh for listing.
+func openDir(r *root, dh *dirHandle, root bool, ino uint64) (*dirStream, error) {
+	id, err := dh.ID(r.tree)
+	if err != nil {
+		r.log.Warn("directory ID unreadable", "op", "opendir", "inode", ino, "err", err.Error())
+		return nil, err
+	}
+	fd, err := cipherdir.OpenAt(dh.fd, ".", syscall.O_DIRECTORY|syscall.O_RDONLY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +61,7 @@ func openDir(path string, root bool, r *root) (*dirStream, error) {
 		syscall.Close(fd2)
 		return nil, errno
 	}
-	return &dirStream{r: r, fd: fd2, inner: inner, root: root}, nil
+	return &dirStream{r: r, fd: fd2, ino: ino, id: id, inner: inner, root: root}, nil
 }
 
 func (d *dirStream) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
@@ -91,11 +103,12 @@ func (d *dirStream) HasNext() bool {
 			d.errno = errno
 			break
 		}
-		if d.root && hiddenNames[e.Name] {
+		name, own, err := d.r.tree.PlainName(d.fd, d.id, e.Name, d.root)
+		if own {
 			continue
 		}
-		name, ok := plainName(e.Name)
-		if !ok {
+		if err != nil {
+			d.r.log.Warn("entry name does not decrypt; left out of the listing", "op", "readdir", "inode", d.ino, "entry_inode", e.Ino, "err", err.Error())
 			continue
 		}
 		e.Name = name

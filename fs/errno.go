@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -29,6 +30,12 @@ type errnoRule struct {
 }
 
 var errnoRules = []errnoRule{
+	// A plain name or symlink target too long to store (before the
+	// ErrBadName rule: these wrap it too).
+	{syscall.ENAMETOOLONG, []error{crypto.ErrNameTooLong, crypto.ErrTargetTooLong}},
+	// A stored name, symlink target, directory ID or long-name side file
+	// that does not decrypt or match: damaged or moved, never shown.
+	{syscall.EIO, []error{crypto.ErrNameAuth, crypto.ErrBadName, cipherdir.ErrBadDirID, cipherdir.ErrLongName}},
 	// Tampered or damaged content, headers or wrapped keys: never wrong
 	// bytes, always EIO.
 	{syscall.EIO, []error{

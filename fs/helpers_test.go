@@ -14,6 +14,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -27,6 +28,9 @@ type testFS struct {
 	kr     *keymgr.Keyring
 	keyARN string
 	fsID   string
+	// names: the name cipher (encrypted names, the default); nil for a
+	// plaintext-names filesystem (newTestFSPlain).
+	names *crypto.NameCipher
 
 	mo MountOptions // for the next mount
 
@@ -70,14 +74,32 @@ func (c *logCapture) lines() []string {
 	return append([]string(nil), c.warns...)
 }
 
+// newTestFS mounts a fresh encrypted-names filesystem (the default).
 func newTestFS(t *testing.T) *testFS {
 	t.Helper()
 	return newTestFSIn(t, t.TempDir())
 }
 
+// newTestFSPlain mounts a fresh plaintext-names filesystem.
+func newTestFSPlain(t *testing.T) *testFS {
+	t.Helper()
+	return newTestFSMode(t, t.TempDir(), false)
+}
+
 // newTestFSIn builds the stack in base (the cipher directory's filesystem
 // matters for xattr limits).
 func newTestFSIn(t *testing.T, base string) *testFS {
+	t.Helper()
+	return newTestFSMode(t, base, true)
+}
+
+// eachNames runs fn as a subtest on each kind of filesystem.
+func eachNames(t *testing.T, fn func(t *testing.T, e *testFS)) {
+	t.Run("encrypted-names", func(t *testing.T) { fn(t, newTestFS(t)) })
+	t.Run("plaintext-names", func(t *testing.T) { fn(t, newTestFSPlain(t)) })
+}
+
+func newTestFSMode(t *testing.T, base string, encryptedNames bool) *testFS {
 	t.Helper()
 	e := &testFS{
 		t:      t,
@@ -106,6 +128,15 @@ func newTestFSIn(t *testing.T, base string) *testFS {
 		t.Fatalf("CreateKey: %v", err)
 	}
 	e.keyARN = md.ARN
+	if encryptedNames {
+		key := pattern(crypto.NamesKeySize, 77)
+		if e.names, err = crypto.NewNameCipher(key, e.fsID); err != nil {
+			t.Fatalf("NewNameCipher: %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(e.cipher, cipherdir.DirIDName), pattern(crypto.DirIDSize, 1), 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Cleanup(func() {
 		e.unmount()
 		kr.Close()
@@ -145,7 +176,7 @@ func (e *testFS) mount(ro bool) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	mgr.Start(ctx)
-	server, err := Mount(e.mnt, Options{CipherDir: e.cipher, Layout: e.layout, Keys: mgr, ReadOnly: ro, Logger: log}, e.mo)
+	server, err := Mount(e.mnt, Options{CipherDir: e.cipher, Layout: e.layout, Keys: mgr, Names: e.names, ReadOnly: ro, Logger: log}, e.mo)
 	if err != nil {
 		cancel()
 		mgr.Close()
@@ -192,8 +223,25 @@ func (e *testFS) remount() {
 // p is a path on the mount.
 func (e *testFS) p(name string) string { return filepath.Join(e.mnt, name) }
 
-// c is a path in the cipher directory.
-func (e *testFS) c(name string) string { return filepath.Join(e.cipher, name) }
+// c is the cipher path of plain path name (which need not exist; its
+// parent must); kmsfs's own root entries are themselves.
+func (e *testFS) c(name string) string {
+	e.t.Helper()
+	if cipherdir.IsMeta(name) {
+		return filepath.Join(e.cipher, name)
+	}
+	tree, err := cipherdir.OpenTree(e.cipher, e.names)
+	if err != nil {
+		e.t.Fatalf("OpenTree: %v", err)
+	}
+	defer tree.Close()
+	l, err := tree.Resolve(name)
+	if err != nil {
+		e.t.Fatalf("Resolve %s: %v", name, err)
+	}
+	defer l.Close()
+	return filepath.Join(e.cipher, l.Cipher)
+}
 
 // pattern is deterministic content that no chunk of it repeats.
 func pattern(n int, seed byte) []byte {

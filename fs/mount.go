@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 )
 
 // FileKeys gives the content cipher of new and existing files. It is
@@ -40,8 +41,11 @@ type Options struct {
 	CipherDir string        // the cipher directory (kmsfs.conf, .kmsfs/, cipher files)
 	Layout    crypto.Layout // from kmsfs.conf
 	Keys      FileKeys
-	ReadOnly  bool
-	Logger    *slog.Logger // nil: discard
+	// Names is the filesystem's name cipher; nil for plaintext names
+	// (kmsfs init --plaintext-names). It stays the caller's.
+	Names    *crypto.NameCipher
+	ReadOnly bool
+	Logger   *slog.Logger // nil: discard
 }
 
 // MountOptions configure the FUSE mount.
@@ -152,6 +156,9 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 		fo.MountOptions.Options = append(fo.MountOptions.Options, "ro")
 		fo.MountOptions.DirectMountFlags = syscall.MS_NOSUID | syscall.MS_NODEV | syscall.MS_RDONLY
 	}
+	if testMountHook != nil {
+		testMountHook(r)
+	}
 	server, err := gofs.Mount(mountpoint, &node{r: r}, fo)
 	if err != nil {
 		r.close()
@@ -194,9 +201,15 @@ func raiseReadahead(mountpoint string, maxRead int, log *slog.Logger) {
 	}
 }
 
+// testMountHook, set by tests only, sees the root of each mount.
+var testMountHook func(*root)
+
 // root holds the state every node shares. Nodes hold only a pointer to it.
 type root struct {
-	dir     string // absolute cipher directory
+	dir     string // absolute cipher directory, for messages and statfs
+	tree    *cipherdir.Tree
+	rootDir *dirHandle // the tree's root handle (permanent)
+	dirs    dirCache
 	dev     uint64 // its device, mixed out of inode numbers
 	rootIno uint64
 	layout  crypto.Layout
@@ -229,24 +242,35 @@ func newRoot(o Options) (*root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs: cipher dir: %w", err)
 	}
+	tree, err := cipherdir.OpenTree(dir, o.Names)
+	if err != nil {
+		return nil, fmt.Errorf("fs: %w", err)
+	}
 	var st syscall.Stat_t
-	if err := syscall.Stat(dir, &st); err != nil {
+	if err := syscall.Fstat(tree.Root(), &st); err != nil {
+		tree.Close()
 		return nil, fmt.Errorf("fs: cipher dir %s: %w", dir, err)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
-		return nil, fmt.Errorf("fs: cipher dir %s: %w", dir, syscall.ENOTDIR)
+	if o.Names != nil {
+		// The root's own ID must be readable before anything else.
+		if _, err := tree.ReadDirID(tree.Root()); err != nil {
+			tree.Close()
+			return nil, fmt.Errorf("fs: cipher dir %s: root %w: restore %s from a backup, or run kmsfs fsck --repair", dir, err, cipherdir.DirIDName)
+		}
 	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &root{
-		dir:    dir,
-		dev:    uint64(st.Dev),
-		layout: o.Layout,
-		keys:   o.Keys,
-		log:    log,
-		ro:     o.ReadOnly,
+		dir:     dir,
+		tree:    tree,
+		rootDir: &dirHandle{fd: tree.Root(), permanent: true},
+		dev:     uint64(st.Dev),
+		layout:  o.Layout,
+		keys:    o.Keys,
+		log:     log,
+		ro:      o.ReadOnly,
 	}
 	r.rootIno = r.ino(&st)
 	r.files.m = map[fileKey]*openFile{}
@@ -257,51 +281,20 @@ func newRoot(o Options) (*root, error) {
 // then; anything left (a kernel that never sent RELEASE) is closed here.
 func (r *root) close() {
 	r.files.mu.Lock()
-	defer r.files.mu.Unlock()
 	for k, of := range r.files.m {
 		of.f.Close()
 		delete(r.files.m, k)
 	}
+	r.files.mu.Unlock()
+	r.closeDirs()
+	r.tree.Close()
 }
 
-// Names. Version 1 stores names in plaintext; these two functions and
-// cipherPath are the only places a plain name becomes a cipher path, so
-// name encryption (features.name_encryption) changes only them.
-
-// cipherName maps a plain name to its name in the cipher directory.
-func cipherName(plain string) string { return plain }
-
-// plainName maps a cipher directory entry to its plain name; false hides it.
-func plainName(cipher string) (string, bool) { return cipher, true }
-
-// hiddenNames are the entries of the cipher directory root that are not
-// files of the plain view.
-var hiddenNames = map[string]bool{".kmsfs": true, "kmsfs.conf": true}
-
-// hidden reports whether name in directory dir is kmsfs's own.
+// hidden reports whether name in directory dir is kmsfs's own (with
+// plaintext names, the root's kmsfs.conf, kmsfs.names, kmsfs.dirid and
+// .kmsfs; with encrypted names no plain name is).
 func (r *root) hidden(dir *node, name string) bool {
-	return hiddenNames[name] && dir.EmbeddedInode().IsRoot()
-}
-
-// cipherPath is the path of n in the cipher directory.
-func (r *root) cipherPath(n *gofs.Inode) string {
-	var parts []string
-	for cur := n; !cur.IsRoot(); {
-		name, parent := cur.Parent()
-		if parent == nil {
-			// Unlinked: no path. This one is inside the hidden
-			// .kmsfs, where nothing of the plain view can be
-			// created, so path operations on it fail with ENOENT.
-			return filepath.Join(r.dir, ".kmsfs", "unlinked-node")
-		}
-		parts = append(parts, cipherName(name))
-		cur = parent
-	}
-	p := r.dir
-	for i := len(parts) - 1; i >= 0; i-- {
-		p = filepath.Join(p, parts[i])
-	}
-	return p
+	return r.tree.Reserved(name, dir.IsRoot())
 }
 
 // ino mixes the device into the inode number as go-fuse's loopback does, so
@@ -320,12 +313,6 @@ func (r *root) stableAttr(st *syscall.Stat_t, gen uint64) gofs.StableAttr {
 	return gofs.StableAttr{Mode: st.Mode & syscall.S_IFMT, Ino: r.ino(st), Gen: gen}
 }
 
-// lstat stats path without following a final symlink, and returns a
-// generation from the birth time (1 when the filesystem has none).
-func lstat(path string, st *syscall.Stat_t) (gen uint64, err error) {
-	return statxAt(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, st)
-}
-
 // fstatGen is lstat for an open fd.
 func fstatGen(fd int, st *syscall.Stat_t) (gen uint64, err error) {
 	return statxAt(fd, "", unix.AT_EMPTY_PATH, st)
@@ -338,7 +325,14 @@ func statxAt(dirfd int, path string, flags int, st *syscall.Stat_t) (gen uint64,
 		if path == "" {
 			return 1, syscall.Fstat(dirfd, st)
 		}
-		return 1, syscall.Lstat(path, st)
+		var ust unix.Stat_t
+		if err := unix.Fstatat(dirfd, path, &ust, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return 1, err
+		}
+		*st = syscall.Stat_t{Dev: ust.Dev, Ino: ust.Ino, Nlink: ust.Nlink, Mode: ust.Mode, Uid: ust.Uid, Gid: ust.Gid,
+			Rdev: ust.Rdev, Size: ust.Size, Blksize: ust.Blksize, Blocks: ust.Blocks,
+			Atim: syscall.Timespec(ust.Atim), Mtim: syscall.Timespec(ust.Mtim), Ctim: syscall.Timespec(ust.Ctim)}
+		return 1, nil
 	}
 	if err != nil {
 		return 0, err
@@ -412,9 +406,9 @@ func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
 // changes; asked once instead of on every create).
 var runsAsRoot = os.Geteuid() == 0
 
-// preserveOwner gives a new entry its creator as owner when the mount runs
-// as root (the cipher files are then created by root).
-func preserveOwner(ctx context.Context, path string) error {
+// preserveOwner gives a new entry (entry in dirfd) its creator as owner
+// when the mount runs as root (the cipher files are then created by root).
+func preserveOwner(ctx context.Context, dirfd int, entry string) error {
 	if !runsAsRoot {
 		return nil
 	}
@@ -422,7 +416,20 @@ func preserveOwner(ctx context.Context, path string) error {
 	if !ok {
 		return nil
 	}
-	return unix.Lchown(path, int(caller.Uid), int(caller.Gid))
+	return fchownAt(dirfd, entry, int(caller.Uid), int(caller.Gid))
+}
+
+// preserveOwnerFdPath is preserveOwner for a new directory open as an
+// O_PATH handle fd.
+func preserveOwnerFdPath(ctx context.Context, fd int) error {
+	if !runsAsRoot {
+		return nil
+	}
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	return unix.Fchownat(fd, "", int(caller.Uid), int(caller.Gid), unix.AT_EMPTY_PATH)
 }
 
 // preserveOwnerFd is preserveOwner for a new file open as fd whose
@@ -494,12 +501,12 @@ func clearSetID(mode uint32) uint32 {
 	return mode & 0o7777
 }
 
-// fixMode undoes our own umask on a new entry: the kernel has applied the
-// caller's already.
-func fixMode(path string, st *syscall.Stat_t, mode uint32) {
+// fixMode undoes our own umask on a new entry (entry in dirfd): the
+// kernel has applied the caller's already.
+func fixMode(dirfd int, entry string, st *syscall.Stat_t, mode uint32) {
 	if st.Mode&0o777 != mode&0o777 && st.Mode&syscall.S_IFMT != syscall.S_IFLNK {
 		want := st.Mode&0o7000 | mode&0o777
-		if syscall.Chmod(path, want) == nil {
+		if cipherdir.ChmodAt(dirfd, entry, want) == nil {
 			st.Mode = st.Mode&^0o7777 | want
 		}
 	}

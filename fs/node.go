@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 
@@ -13,12 +12,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
 )
 
 // node is a file, directory, symlink or special file of the plain view.
-// It holds nothing but the root: its cipher path comes from its place in
-// the tree, its open state from the root's open-file table.
+// It holds nothing but the root: its cipher entry comes from its place in
+// the tree (its parent's directory handle and its name, dirs.go), its open
+// state from the root's open-file table.
 type node struct {
 	gofs.Inode
 	r *root
@@ -51,18 +52,12 @@ var (
 	_ = (gofs.NodeRemovexattrer)((*node)(nil))
 )
 
-func (n *node) path() string { return n.r.cipherPath(n.EmbeddedInode()) }
-
-func (n *node) childPath(name string) string {
-	return filepath.Join(n.path(), cipherName(name))
-}
-
 func (n *node) ino() uint64 { return n.StableAttr().Ino }
 
-// newChild stats a new or found entry and makes its inode.
-func (n *node) newChild(ctx context.Context, p string, out *fuse.EntryOut) (*gofs.Inode, *syscall.Stat_t, syscall.Errno) {
+// newChild stats entry in the directory handle d and makes its inode.
+func (n *node) newChild(ctx context.Context, d *dirHandle, entry string, out *fuse.EntryOut) (*gofs.Inode, *syscall.Stat_t, syscall.Errno) {
 	var st syscall.Stat_t
-	gen, err := lstat(p, &st)
+	gen, err := statAt(d.fd, entry, &st)
 	if err != nil {
 		return nil, nil, n.r.errno("lookup", n.ino(), err)
 	}
@@ -75,7 +70,12 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if n.r.hidden(n, name) {
 		return nil, syscall.ENOENT
 	}
-	ch, _, errno := n.newChild(ctx, n.childPath(name), out)
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
+		return nil, n.r.errno("lookup", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 	return ch, errno
 }
 
@@ -87,11 +87,32 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		return h.Getattr(ctx, out)
 	}
 	var st syscall.Stat_t
-	if _, err := lstat(n.path(), &st); err != nil {
+	if err := n.r.lstatNode(n, &st); err != nil {
 		return n.r.errno("getattr", n.ino(), err)
 	}
 	n.r.fillAttr(&st, &out.Attr)
 	return 0
+}
+
+// lstatNode stats n's cipher entry without following it: a directory
+// through its own handle when it has one, else by name in its parent.
+func (r *root) lstatNode(n *node, st *syscall.Stat_t) error {
+	if n.StableAttr().Mode == syscall.S_IFDIR {
+		d, err := r.dirOf(n)
+		if err != nil {
+			return err
+		}
+		_, err = fstatGen(d.fd, st)
+		r.putDir(d)
+		return err
+	}
+	l, err := r.locate(n)
+	if err != nil {
+		return err
+	}
+	defer r.unlocate(l)
+	_, err = statAt(l.d.fd, l.entry, st)
+	return err
 }
 
 func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
@@ -103,9 +124,9 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 	h, _ := f.(*handle)
 	if h == nil && n.StableAttr().Mode == syscall.S_IFREG {
 		// fchmod, fchown and futimens come without a handle; on an
-		// unlinked file the path is gone, but the inode may be open.
+		// unlinked file the name is gone, but the inode may be open.
 		var st syscall.Stat_t
-		if _, err := lstat(n.path(), &st); errors.Is(err, syscall.ENOENT) {
+		if err := n.r.lstatNode(n, &st); errors.Is(err, syscall.ENOENT) {
 			if of := n.r.peekIno(n.ino()); of != nil {
 				defer n.r.release(of)
 				h = &handle{r: n.r, of: of}
@@ -116,15 +137,24 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 }
 
 // setattr changes attributes through the handle's fd when there is one
-// (the file may be unlinked), else by path.
+// (the file may be unlinked), else by name in the parent's handle, never
+// following a symlink: a symlink's mode cannot change (EOPNOTSUPP), its
+// owner and times are its own.
 func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	if r.ro {
 		return syscall.EROFS
 	}
 	var ino uint64
-	var p string
+	var l loc
 	if n != nil {
-		ino, p = n.ino(), n.path()
+		ino = n.ino()
+		if h == nil {
+			var err error
+			if l, err = r.locate(n); err != nil {
+				return r.errno("setattr", ino, err)
+			}
+			defer r.unlocate(l)
+		}
 	} else {
 		ino = h.of.key.ino
 	}
@@ -140,7 +170,7 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 	if mode, ok := in.GetMode(); ok {
 		done, err := withFd(func(fd int) error { return syscall.Fchmod(fd, mode&0o7777) })
 		if !done {
-			err = syscall.Chmod(p, mode&0o7777)
+			err = cipherdir.ChmodAt(l.d.fd, l.entry, mode&0o7777)
 		}
 		if err != nil {
 			return r.errno("setattr", ino, err)
@@ -158,7 +188,7 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 		}
 		done, err := withFd(func(fd int) error { return syscall.Fchown(fd, u, g) })
 		if !done {
-			err = unix.Fchownat(unix.AT_FDCWD, p, u, g, unix.AT_SYMLINK_NOFOLLOW)
+			err = fchownAt(l.d.fd, l.entry, u, g)
 		}
 		if err != nil {
 			return r.errno("setattr", ino, err)
@@ -178,7 +208,7 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 			}
 		} else {
 			var err error
-			if of, err = r.acquire(ctx, p, true); err != nil {
+			if of, err = r.acquire(ctx, l, true); err != nil {
 				return r.errno("truncate", ino, err)
 			}
 			defer r.release(of)
@@ -193,8 +223,8 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 		done, err := withFd(killSetID)
 		if !done {
 			var st syscall.Stat_t
-			if err = syscall.Lstat(p, &st); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG && hasSetID(st.Mode) {
-				err = syscall.Chmod(p, clearSetID(st.Mode))
+			if _, err = statAt(l.d.fd, l.entry, &st); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG && hasSetID(st.Mode) {
+				err = cipherdir.ChmodAt(l.d.fd, l.entry, clearSetID(st.Mode))
 			}
 		}
 		if err != nil {
@@ -209,7 +239,7 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 			return unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
 		})
 		if !done {
-			err = unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+			err = utimesAt(l.d.fd, l.entry, ts)
 		}
 		if err != nil {
 			return r.errno("setattr", ino, err)
@@ -223,7 +253,7 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 		return errno
 	}
 	var st syscall.Stat_t
-	if _, err := lstat(p, &st); err != nil {
+	if _, err := statAt(l.d.fd, l.entry, &st); err != nil {
 		return r.errno("setattr", ino, err)
 	}
 	r.fillAttr(&st, &out.Attr)
@@ -234,6 +264,24 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 		}
 	}
 	return 0
+}
+
+// fchownAt changes the owner of entry in dirfd ("." is dirfd itself)
+// without following a symlink.
+func fchownAt(dirfd int, entry string, uid, gid int) error {
+	if entry == "." {
+		return unix.Fchownat(dirfd, "", uid, gid, unix.AT_EMPTY_PATH)
+	}
+	return unix.Fchownat(dirfd, entry, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// utimesAt sets the times of entry in dirfd ("." is dirfd itself)
+// without following a symlink.
+func utimesAt(dirfd int, entry string, ts []unix.Timespec) error {
+	if entry == "." {
+		return unix.UtimesNanoAt(dirfd, "", ts, unix.AT_EMPTY_PATH)
+	}
+	return unix.UtimesNanoAt(dirfd, entry, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 // utime is one utimensat(2) time: given, UTIME_NOW or UTIME_OMIT.
@@ -278,7 +326,12 @@ func (r *root) logContentError(op string, of *openFile, err error) {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	h, errno := n.r.open(ctx, n.path(), n.ino(), flags)
+	l, err := n.r.locate(n)
+	if err != nil {
+		return nil, 0, n.r.errno("open", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	h, errno := n.r.open(ctx, l, n.ino(), flags)
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -303,14 +356,14 @@ func isWrite(flags uint32) bool {
 	return flags&syscall.O_ACCMODE == syscall.O_WRONLY || flags&syscall.O_ACCMODE == syscall.O_RDWR
 }
 
-// open makes a handle on the cipher file at p.
-func (r *root) open(ctx context.Context, p string, ino uint64, flags uint32) (*handle, syscall.Errno) {
+// open makes a handle on the cipher file at l.
+func (r *root) open(ctx context.Context, l loc, ino uint64, flags uint32) (*handle, syscall.Errno) {
 	trunc := flags&syscall.O_TRUNC != 0
 	write := isWrite(flags) || trunc
 	if write && r.ro {
 		return nil, syscall.EROFS
 	}
-	of, keep, err := r.acquireKeep(ctx, p, write)
+	of, keep, err := r.acquireKeep(ctx, l, write)
 	if err != nil {
 		return nil, r.errno("open", ino, err)
 	}
@@ -331,14 +384,21 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	if n.r.ro {
 		return nil, nil, 0, syscall.EROFS
 	}
-	p := n.childPath(name)
-	fd, err := syscall.Open(p, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NOATIME, mode&0o7777)
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
+		return nil, nil, 0, n.r.errno("create", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	if err := n.r.tree.PrepareEntry(l.d.fd, l.entry, l.encoded); err != nil {
+		return nil, nil, 0, n.r.errno("create", n.ino(), err)
+	}
+	fd, err := cipherdir.OpenAt(l.d.fd, l.entry, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOATIME, mode&0o7777)
 	if err == syscall.EEXIST && flags&syscall.O_EXCL == 0 {
-		h, errno := n.r.open(ctx, p, n.ino(), flags)
+		h, errno := n.r.open(ctx, l, n.ino(), flags)
 		if errno != 0 {
 			return nil, nil, 0, errno
 		}
-		ch, _, errno := n.newChild(ctx, p, out)
+		ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 		if errno != 0 {
 			n.r.release(h.of)
 			return nil, nil, 0, errno
@@ -346,15 +406,22 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return ch, h, n.r.openFlags(h), 0
 	}
 	if err != nil {
+		if err != syscall.EEXIST {
+			n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+		}
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
 	}
+	undo := func() {
+		unix.Unlinkat(l.d.fd, l.entry, 0)
+		n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+	}
 	// Every call here works on the fd: a create is the hot path of
-	// small-file workloads (tar, git, builds), and a path costs a lookup.
+	// small-file workloads (tar, git, builds).
 	var st syscall.Stat_t
 	gen, err := fstatGen(fd, &st)
 	if err != nil {
 		syscall.Close(fd)
-		syscall.Unlink(p)
+		undo()
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
 	}
 	fixModeFd(fd, &st, mode)
@@ -374,7 +441,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	of.mu.Unlock()
 	n.r.finish(of, err)
 	if err != nil {
-		syscall.Unlink(p)
+		undo()
 		return nil, nil, 0, n.r.errno("create", st.Ino, err)
 	}
 	h := &handle{r: n.r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0}
@@ -396,7 +463,12 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if n.r.ro {
 		return nil, nil, 0, syscall.EROFS
 	}
-	fd, err := syscall.Open(n.path(), unix.O_TMPFILE|syscall.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOATIME, mode&0o7777)
+	d, err := n.r.dirOf(n)
+	if err != nil {
+		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
+	}
+	fd, err := cipherdir.OpenAt(d.fd, ".", unix.O_TMPFILE|syscall.O_RDWR|syscall.O_NOATIME, mode&0o7777)
+	n.r.putDir(d)
 	if err != nil {
 		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
 	}
@@ -437,46 +509,199 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	return ch, h, n.r.openFlags(h), 0
 }
 
+// Mkdir makes the cipher directory, and with encrypted names its ID. The
+// directory is made with at least u+rwx so the ID can be written into it,
+// then given its mode; a failure on the way removes it again.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if n.r.hidden(n, name) {
 		return nil, syscall.EPERM
 	}
-	p := n.childPath(name)
-	if err := syscall.Mkdir(p, mode&0o7777); err != nil {
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
 		return nil, n.r.errno("mkdir", n.ino(), err)
 	}
-	return n.finishNew(ctx, p, mode, out, syscall.Rmdir)
+	defer n.r.unlocate(l)
+	if err := n.r.tree.PrepareEntry(l.d.fd, l.entry, l.encoded); err != nil {
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	if err := unix.Mkdirat(l.d.fd, l.entry, mode&0o7777|0o700); err != nil {
+		if err != syscall.EEXIST {
+			n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+		}
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	undo := func() {
+		unix.Unlinkat(l.d.fd, l.entry, unix.AT_REMOVEDIR)
+		n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+	}
+	fd, err := cipherdir.OpenDirAt(l.d.fd, l.entry)
+	if err != nil {
+		undo()
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	id, err := n.r.tree.NewDirID(fd)
+	if err != nil {
+		unix.Close(fd)
+		undo()
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	undoDir := func() {
+		if id != nil {
+			unix.Unlinkat(fd, cipherdir.DirIDName, 0)
+		}
+		unix.Close(fd)
+		undo()
+	}
+	var st syscall.Stat_t
+	if err := preserveOwnerFdPath(ctx, fd); err != nil {
+		undoDir()
+		return nil, n.r.errno("chown", n.ino(), err)
+	}
+	gen, err := fstatGen(fd, &st)
+	if err == nil && st.Mode&0o7777 != mode&0o7777 {
+		want := st.Mode&0o7000 | mode&0o777
+		if err = cipherdir.ChmodFd(fd, want); err == nil {
+			st.Mode = st.Mode&^0o7777 | want
+		}
+	}
+	if err != nil {
+		undoDir()
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	n.r.fillAttr(&st, &out.Attr)
+	child := &node{r: n.r}
+	ch := n.NewInode(ctx, child, n.r.stableAttr(&st, gen))
+	// The handle just opened is the new directory's: keep it.
+	n.r.adoptDir(ch.Operations().(*node), fd, id)
+	return ch, 0
 }
 
-// finishNew gives a new entry its mode and owner and makes its inode;
-// undo removes it on failure.
-func (n *node) finishNew(ctx context.Context, p string, mode uint32, out *fuse.EntryOut, undo func(string) error) (*gofs.Inode, syscall.Errno) {
-	if err := preserveOwner(ctx, p); err != nil {
-		undo(p)
+// finishNew gives a new entry made by name in l its owner and mode and
+// makes its inode; undo removes it on failure.
+func (n *node) finishNew(ctx context.Context, l loc, mode uint32, out *fuse.EntryOut, undo func()) (*gofs.Inode, syscall.Errno) {
+	if err := preserveOwner(ctx, l.d.fd, l.entry); err != nil {
+		undo()
 		return nil, n.r.errno("chown", n.ino(), err)
 	}
 	var st syscall.Stat_t
-	if _, err := lstat(p, &st); err != nil {
-		undo(p)
+	if _, err := statAt(l.d.fd, l.entry, &st); err != nil {
+		undo()
 		return nil, n.r.errno("lookup", n.ino(), err)
 	}
-	fixMode(p, &st, mode)
-	ch, _, errno := n.newChild(ctx, p, out)
+	fixMode(l.d.fd, l.entry, &st, mode)
+	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 	return ch, errno
 }
 
+// Rmdir removes a cipher directory. With encrypted names it holds its ID
+// file: the directory must hold nothing else (ENOTEMPTY, changing
+// nothing), then the ID goes and the directory after it. Should the
+// rmdir still fail (an entry made behind the mount's back in between),
+// the ID is written back.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if n.r.hidden(n, name) {
 		return syscall.ENOENT
 	}
-	return n.r.errno("rmdir", n.ino(), syscall.Rmdir(n.childPath(name)))
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
+		return n.r.errno("rmdir", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	if !n.r.tree.Encrypted() {
+		if err := unix.Unlinkat(l.d.fd, l.entry, unix.AT_REMOVEDIR); err != nil {
+			return n.r.errno("rmdir", n.ino(), err)
+		}
+		n.r.dropChildDir(n, name)
+		return 0
+	}
+	fd, err := cipherdir.OpenDirAt(l.d.fd, l.entry)
+	if err != nil {
+		return n.r.errno("rmdir", n.ino(), err)
+	}
+	defer unix.Close(fd)
+	ents, err := cipherdir.ReadDirNames(fd)
+	if err != nil {
+		return n.r.errno("rmdir", n.ino(), err)
+	}
+	for _, e := range ents {
+		if e.Name != cipherdir.DirIDName {
+			return syscall.ENOTEMPTY
+		}
+	}
+	id, idErr := n.r.tree.ReadDirID(fd)
+	if len(ents) > 0 {
+		if err := unix.Unlinkat(fd, cipherdir.DirIDName, 0); err != nil && err != syscall.ENOENT {
+			return n.r.errno("rmdir", n.ino(), err)
+		}
+	}
+	if err := unix.Unlinkat(l.d.fd, l.entry, unix.AT_REMOVEDIR); err != nil {
+		if idErr == nil {
+			if werr := cipherdir.WriteDirID(fd, id); werr != nil {
+				n.r.log.Warn("cannot restore a directory ID after a failed rmdir", "op", "rmdir", "inode", n.ino(), "err", werr.Error())
+			}
+		}
+		return n.r.errno("rmdir", n.ino(), err)
+	}
+	n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+	n.r.dropChildDir(n, name)
+	return 0
 }
 
-// doomedFileID returns the file ID of the regular file at p when removing
-// that name removes the file (its last link), so its key can be forgotten.
-func (r *root) doomedFileID(p string) (crypto.FileID, fileKey, bool) {
+// emptyVictimDir readies the target l of a rename: when it is a directory
+// of an encrypted-names filesystem holding nothing but its ID file, the
+// ID file is removed so the kernel sees it empty. finish(false) puts it
+// back (the rename failed); finish(true) only lets go. Anything else is
+// left to renameat2.
+func (r *root) emptyVictimDir(l loc, exchange bool) (finish func(renamed bool), err error) {
+	restore := func(bool) {}
+	if exchange || !r.tree.Encrypted() {
+		return restore, nil
+	}
 	var st syscall.Stat_t
-	gen, err := lstat(p, &st)
+	if _, err := statAt(l.d.fd, l.entry, &st); err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFDIR {
+		return restore, nil
+	}
+	fd, err := cipherdir.OpenDirAt(l.d.fd, l.entry)
+	if err != nil {
+		return restore, nil
+	}
+	ents, err := cipherdir.ReadDirNames(fd)
+	if err != nil || len(ents) != 1 || ents[0].Name != cipherdir.DirIDName {
+		unix.Close(fd)
+		if err == nil && len(ents) > 1 {
+			return restore, syscall.ENOTEMPTY
+		}
+		return restore, nil
+	}
+	id, idErr := r.tree.ReadDirID(fd)
+	if err := unix.Unlinkat(fd, cipherdir.DirIDName, 0); err != nil {
+		unix.Close(fd)
+		return restore, err
+	}
+	return func(renamed bool) {
+		if !renamed && idErr == nil {
+			if err := cipherdir.WriteDirID(fd, id); err != nil {
+				r.log.Warn("cannot restore a directory ID after a failed rename", "op", "rename", "err", err.Error())
+			}
+		}
+		unix.Close(fd)
+	}, nil
+}
+
+// dropChildDir closes the handle of directory node name in n, removed.
+func (r *root) dropChildDir(n *node, name string) {
+	if ch := n.GetChild(name); ch != nil {
+		if cn, ok := ch.Operations().(*node); ok {
+			r.dropDir(cn)
+		}
+	}
+}
+
+// doomedFileID returns the file ID of the regular file at l when removing
+// that name removes the file (its last link), so its key can be forgotten.
+func (r *root) doomedFileID(l loc) (crypto.FileID, fileKey, bool) {
+	var st syscall.Stat_t
+	gen, err := statAt(l.d.fd, l.entry, &st)
 	if err != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 || st.Size == 0 {
 		return crypto.FileID{}, fileKey{}, false
 	}
@@ -484,14 +709,14 @@ func (r *root) doomedFileID(p string) (crypto.FileID, fileKey, bool) {
 	if id, ok := r.ids.get(key, gen); ok {
 		return id, key, true
 	}
-	fd, err := openNoatime(p, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK)
+	fd, err := openNoatime(l.d.fd, l.entry, syscall.O_RDONLY|syscall.O_NONBLOCK)
 	if err != nil {
 		return crypto.FileID{}, fileKey{}, false
 	}
 	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
 	defer f.Close()
 	pre, err := cipherfile.ReadPreamble(f)
-	if err != nil {
+	if err != nil || pre.FileID == crypto.NamesKeyID {
 		return crypto.FileID{}, fileKey{}, false
 	}
 	return pre.FileID, key, true
@@ -510,11 +735,16 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	if n.r.hidden(n, name) {
 		return syscall.ENOENT
 	}
-	p := n.childPath(name)
-	id, key, doomed := n.r.doomedFileID(p)
-	if err := syscall.Unlink(p); err != nil {
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
 		return n.r.errno("unlink", n.ino(), err)
 	}
+	defer n.r.unlocate(l)
+	id, key, doomed := n.r.doomedFileID(l)
+	if err := unix.Unlinkat(l.d.fd, l.entry, 0); err != nil {
+		return n.r.errno("unlink", n.ino(), err)
+	}
+	n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
 	if doomed {
 		n.r.forget(ctx, "unlink", id, key)
 	}
@@ -532,22 +762,57 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if n.r.hidden(np, newName) {
 		return syscall.EPERM
 	}
-	p1, p2 := n.childPath(name), np.childPath(newName)
+	l1, err := n.r.locateChild(n, name)
+	if err != nil {
+		return n.r.errno("rename", n.ino(), err)
+	}
+	defer n.r.unlocate(l1)
+	l2, err := n.r.locateChild(np, newName)
+	if err != nil {
+		return n.r.errno("rename", n.ino(), err)
+	}
+	defer n.r.unlocate(l2)
 	var id crypto.FileID
 	var key fileKey
 	doomed := false
-	if flags&unix.RENAME_EXCHANGE == 0 {
-		id, key, doomed = n.r.doomedFileID(p2)
+	exchange := flags&unix.RENAME_EXCHANGE != 0
+	if !exchange {
+		id, key, doomed = n.r.doomedFileID(l2)
 		if doomed {
 			// A rename onto another link of the same inode removes nothing.
 			var st syscall.Stat_t
-			if syscall.Lstat(p1, &st) == nil && uint64(st.Dev) == key.dev && st.Ino == key.ino {
+			if _, err := statAt(l1.d.fd, l1.entry, &st); err == nil && uint64(st.Dev) == key.dev && st.Ino == key.ino {
 				doomed = false
 			}
 		}
 	}
-	if err := unix.Renameat2(unix.AT_FDCWD, p1, unix.AT_FDCWD, p2, uint(flags)); err != nil {
+	// With RENAME_EXCHANGE both entries keep their names (and side
+	// files); otherwise the new name's side file is made first and the
+	// old one's removed after.
+	if !exchange {
+		if err := n.r.tree.PrepareEntry(l2.d.fd, l2.entry, l2.encoded); err != nil {
+			return n.r.errno("rename", n.ino(), err)
+		}
+	}
+	// A directory renamed over an empty one: with encrypted names the
+	// victim still holds its ID file, which must go first (and come
+	// back if the rename fails).
+	finish, err := n.r.emptyVictimDir(l2, exchange)
+	if err != nil {
 		return n.r.errno("rename", n.ino(), err)
+	}
+	if err := unix.Renameat2(l1.d.fd, l1.entry, l2.d.fd, l2.entry, uint(flags)); err != nil {
+		finish(false)
+		return n.r.errno("rename", n.ino(), err)
+	}
+	finish(true)
+	if ch := np.GetChild(newName); ch != nil && !exchange {
+		if cn, ok := ch.Operations().(*node); ok && cn.StableAttr().Mode == syscall.S_IFDIR {
+			n.r.dropDir(cn) // the directory renamed over, now gone
+		}
+	}
+	if !exchange && (l1.d != l2.d || l1.entry != l2.entry) {
+		n.r.tree.RemoveEntrySide(l1.d.fd, l1.entry, l1.encoded)
 	}
 	if doomed {
 		n.r.forget(ctx, "rename", id, key)
@@ -559,25 +824,46 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	if n.r.hidden(n, name) {
 		return nil, syscall.EPERM
 	}
-	p := n.childPath(name)
-	if err := syscall.Symlink(target, p); err != nil {
+	stored, err := n.r.tree.EncryptTarget([]byte(target))
+	if err != nil {
 		return nil, n.r.errno("symlink", n.ino(), err)
 	}
-	return n.finishNew(ctx, p, 0o777, out, syscall.Unlink)
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
+		return nil, n.r.errno("symlink", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	if err := n.r.tree.PrepareEntry(l.d.fd, l.entry, l.encoded); err != nil {
+		return nil, n.r.errno("symlink", n.ino(), err)
+	}
+	if err := unix.Symlinkat(string(stored), l.d.fd, l.entry); err != nil {
+		if err != syscall.EEXIST {
+			n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+		}
+		return nil, n.r.errno("symlink", n.ino(), err)
+	}
+	return n.finishNew(ctx, l, 0o777, out, func() {
+		unix.Unlinkat(l.d.fd, l.entry, 0)
+		n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+	})
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	p := n.path()
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		got, err := syscall.Readlink(p, buf)
-		if err != nil {
-			return nil, n.r.errno("readlink", n.ino(), err)
-		}
-		if got < size {
-			return buf[:got], 0
-		}
+	l, err := n.r.locate(n)
+	if err != nil {
+		return nil, n.r.errno("readlink", n.ino(), err)
 	}
+	defer n.r.unlocate(l)
+	stored, err := cipherdir.Readlinkat(l.d.fd, l.entry)
+	if err != nil {
+		return nil, n.r.errno("readlink", n.ino(), err)
+	}
+	target, err := n.r.tree.DecryptTarget(stored)
+	if err != nil {
+		n.r.log.Warn("symlink target failed authentication", "op", "readlink", "inode", n.ino(), "err", err.Error())
+		return nil, n.r.errno("readlink", n.ino(), err)
+	}
+	return target, 0
 }
 
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
@@ -588,7 +874,20 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if n.r.hidden(n, name) {
 		return nil, syscall.EPERM
 	}
-	p := n.childPath(name)
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
+		return nil, n.r.errno("link", n.ino(), err)
+	}
+	defer n.r.unlocate(l)
+	if err := n.r.tree.PrepareEntry(l.d.fd, l.entry, l.encoded); err != nil {
+		return nil, n.r.errno("link", n.ino(), err)
+	}
+	fail := func(err error) (*gofs.Inode, syscall.Errno) {
+		if err != syscall.EEXIST {
+			n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+		}
+		return nil, n.r.errno("link", n.ino(), err)
+	}
 	if _, parent := t.Parent(); parent == nil {
 		// An O_TMPFILE file being linked into place: its only name
 		// is its fd.
@@ -597,22 +896,30 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 			of = n.r.files.peek(*t.tmp)
 		}
 		if of == nil {
-			return nil, syscall.ENOENT
+			return fail(syscall.ENOENT)
 		}
 		of.mu.Lock()
-		err := unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(of.f.Fd())), unix.AT_FDCWD, p, unix.AT_SYMLINK_FOLLOW)
+		err := unix.Linkat(unix.AT_FDCWD, cipherdir.ProcPath(int(of.f.Fd())), l.d.fd, l.entry, unix.AT_SYMLINK_FOLLOW)
 		if err == nil {
 			of.tmp = false
 		}
 		of.mu.Unlock()
 		n.r.release(of)
 		if err != nil {
-			return nil, n.r.errno("link", n.ino(), err)
+			return fail(err)
 		}
-	} else if err := syscall.Link(t.path(), p); err != nil {
-		return nil, n.r.errno("link", n.ino(), err)
+	} else {
+		tl, err := n.r.locate(t)
+		if err != nil {
+			return fail(err)
+		}
+		err = unix.Linkat(tl.d.fd, tl.entry, l.d.fd, l.entry, 0)
+		n.r.unlocate(tl)
+		if err != nil {
+			return fail(err)
+		}
 	}
-	ch, _, errno := n.newChild(ctx, p, out)
+	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 	return ch, errno
 }
 
@@ -632,24 +939,42 @@ func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *f
 	default:
 		return nil, syscall.EINVAL
 	}
-	p := n.childPath(name)
-	if err := syscall.Mknod(p, mode, int(rdev)); err != nil {
+	l, err := n.r.locateChild(n, name)
+	if err != nil {
 		return nil, n.r.errno("mknod", n.ino(), err)
 	}
-	return n.finishNew(ctx, p, mode, out, syscall.Unlink)
+	defer n.r.unlocate(l)
+	if err := n.r.tree.PrepareEntry(l.d.fd, l.entry, l.encoded); err != nil {
+		return nil, n.r.errno("mknod", n.ino(), err)
+	}
+	if err := unix.Mknodat(l.d.fd, l.entry, mode, int(rdev)); err != nil {
+		if err != syscall.EEXIST {
+			n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+		}
+		return nil, n.r.errno("mknod", n.ino(), err)
+	}
+	return n.finishNew(ctx, l, mode, out, func() {
+		unix.Unlinkat(l.d.fd, l.entry, 0)
+		n.r.tree.RemoveEntrySide(l.d.fd, l.entry, l.encoded)
+	})
 }
 
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	d, err := openDir(n.path(), n.EmbeddedInode().IsRoot(), n.r)
+	d, err := n.r.dirOf(n)
 	if err != nil {
 		return nil, 0, n.r.errno("opendir", n.ino(), err)
 	}
-	return d, 0, 0
+	defer n.r.putDir(d)
+	ds, err := openDir(n.r, d, n.IsRoot(), n.ino())
+	if err != nil {
+		return nil, 0, n.r.errno("opendir", n.ino(), err)
+	}
+	return ds, 0, 0
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var s syscall.Statfs_t
-	if err := syscall.Statfs(n.r.dir, &s); err != nil {
+	if err := syscall.Fstatfs(n.r.rootDir.fd, &s); err != nil {
 		return n.r.errno("statfs", n.ino(), err)
 	}
 	out.FromStatfsT(&s)

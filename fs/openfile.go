@@ -9,7 +9,10 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
 )
 
@@ -58,16 +61,16 @@ func (of *openFile) fileID() string {
 // openCipher opens a cipher file for an open of the plain file: O_RDWR when
 // it can (so later writable handles share the fd), O_RDONLY on a read-only
 // mount or when only reading is allowed.
-func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat_t, uint64, error) {
+func (r *root) openCipher(l loc, write bool) (*os.File, bool, syscall.Stat_t, uint64, error) {
 	var st syscall.Stat_t
-	const base = syscall.O_NOFOLLOW | syscall.O_CLOEXEC | syscall.O_NONBLOCK
+	const base = syscall.O_NONBLOCK
 	fd := -1
 	writable := false
 	var err error
 	if !r.ro {
-		fd, err = openNoatime(path, syscall.O_RDWR|base)
+		fd, err = openNoatime(l.d.fd, l.entry, syscall.O_RDWR|base)
 		if err == syscall.EACCES && write {
-			fd, err = openWriteOnly(path, base)
+			fd, err = openWriteOnly(l.d.fd, l.entry, base)
 		}
 		writable = err == nil
 		if err != nil && (write || !(err == syscall.EACCES || err == syscall.EPERM || err == syscall.EROFS || err == syscall.ETXTBSY)) {
@@ -77,7 +80,7 @@ func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat
 		return nil, false, st, 0, syscall.EROFS
 	}
 	if fd < 0 {
-		fd, err = openNoatime(path, syscall.O_RDONLY|base)
+		fd, err = openNoatime(l.d.fd, l.entry, syscall.O_RDONLY|base)
 		if err != nil {
 			return nil, false, st, 0, err
 		}
@@ -109,21 +112,28 @@ func (r *root) openCipher(path string, write bool) (*os.File, bool, syscall.Stat
 // owner read permission for the open(2) and takes it back at once (the
 // file's mode is as before; its ctime moves). Only the owner gets here:
 // anyone else keeps the EACCES of the first open.
-func openWriteOnly(path string, flags int) (int, error) {
+func openWriteOnly(dirfd int, entry string, flags int) (int, error) {
+	pfd, err := cipherdir.OpenAt(dirfd, entry, unix.O_PATH, 0)
+	if err != nil {
+		return -1, syscall.EACCES
+	}
+	defer unix.Close(pfd)
 	var st syscall.Stat_t
-	if err := syscall.Lstat(path, &st); err != nil {
+	if err := syscall.Fstat(pfd, &st); err != nil {
 		return -1, syscall.EACCES
 	}
 	mode := st.Mode & 0o7777
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || int(st.Uid) != syscall.Geteuid() || mode&0o600 != 0o200 {
 		return -1, syscall.EACCES
 	}
-	if err := syscall.Chmod(path, mode|0o400); err != nil {
+	// Through the O_PATH handle, so the mode lent and the file opened
+	// are the same inode even if the name changes in between.
+	if err := cipherdir.ChmodFd(pfd, mode|0o400); err != nil {
 		return -1, syscall.EACCES
 	}
-	fd, err := openNoatime(path, syscall.O_RDWR|flags)
+	fd, err := openNoatime(pfd, ".", syscall.O_RDWR|flags)
 	if err != nil {
-		syscall.Chmod(path, mode)
+		cipherdir.ChmodFd(pfd, mode)
 		return -1, err
 	}
 	if err := syscall.Fchmod(fd, mode); err != nil {
@@ -133,14 +143,24 @@ func openWriteOnly(path string, flags int) (int, error) {
 	return fd, nil
 }
 
-// openNoatime opens with O_NOATIME when allowed (owner or root): reading a
-// file's head at open must not touch its atime, or a stat before and after
-// an open would differ. Content reads then leave atime alone as well, as on
-// a noatime mount.
-func openNoatime(path string, flags int) (int, error) {
-	fd, err := syscall.Open(path, flags|syscall.O_NOATIME, 0)
+// openNoatime opens entry in dirfd (never following a symlink; "." with
+// an O_PATH handle of a file reopens that file) with O_NOATIME when
+// allowed (owner or root): reading a file's head at open must not touch
+// its atime, or a stat before and after an open would differ. Content
+// reads then leave atime alone as well, as on a noatime mount.
+func openNoatime(dirfd int, entry string, flags int) (int, error) {
+	if entry == "." {
+		// Reopen the file an O_PATH handle names, through its /proc
+		// link (openat(fd, ".") would want a directory).
+		fd, err := unix.Open(cipherdir.ProcPath(dirfd), flags|syscall.O_NOATIME|unix.O_CLOEXEC, 0)
+		if err == syscall.EPERM {
+			fd, err = unix.Open(cipherdir.ProcPath(dirfd), flags|unix.O_CLOEXEC, 0)
+		}
+		return fd, err
+	}
+	fd, err := cipherdir.OpenAt(dirfd, entry, flags|syscall.O_NOATIME, 0)
 	if err == syscall.EPERM {
-		fd, err = syscall.Open(path, flags, 0)
+		fd, err = cipherdir.OpenAt(dirfd, entry, flags, 0)
 	}
 	return fd, err
 }
@@ -149,13 +169,13 @@ func setBlocking(fd int) error {
 	return syscall.SetNonblock(fd, false)
 }
 
-// acquire returns the open-file entry of the cipher file at path, opening
+// acquire returns the open-file entry of the cipher file at l, opening
 // and initialising it if it is not open yet, with a reference the caller
 // drops with release. write asks for a writable entry: the fd is upgraded
 // to O_RDWR and a 0-byte file (left by a crash mid-create, or made by
 // mknod) gets its header.
-func (r *root) acquire(ctx context.Context, path string, write bool) (*openFile, error) {
-	of, _, err := r.acquireKeep(ctx, path, write)
+func (r *root) acquire(ctx context.Context, l loc, write bool) (*openFile, error) {
+	of, _, err := r.acquireKeep(ctx, l, write)
 	return of, err
 }
 
@@ -164,9 +184,9 @@ func (r *root) acquire(ctx context.Context, path string, write bool) (*openFile,
 // the cipher file as this mount left it at its last release (cacheStamps).
 // A file already open may have changed behind the mount since the kernel
 // cached its pages, so an opener that finds the entry gets false.
-func (r *root) acquireKeep(ctx context.Context, path string, write bool) (*openFile, bool, error) {
+func (r *root) acquireKeep(ctx context.Context, l loc, write bool) (*openFile, bool, error) {
 	for {
-		of, keep, retry, err := r.tryAcquire(ctx, path, write)
+		of, keep, retry, err := r.tryAcquire(ctx, l, write)
 		if retry && ctx.Err() == nil {
 			continue
 		}
@@ -174,8 +194,8 @@ func (r *root) acquireKeep(ctx context.Context, path string, write bool) (*openF
 	}
 }
 
-func (r *root) tryAcquire(ctx context.Context, path string, write bool) (of *openFile, keep, retry bool, err error) {
-	f, writable, st, gen, err := r.openCipher(path, write)
+func (r *root) tryAcquire(ctx context.Context, l loc, write bool) (of *openFile, keep, retry bool, err error) {
+	f, writable, st, gen, err := r.openCipher(l, write)
 	if err != nil {
 		return nil, false, false, err
 	}
@@ -302,6 +322,10 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 	p, err := cipherfile.ReadPreamble(of.f)
 	if err != nil {
 		return err
+	}
+	if p.FileID == crypto.NamesKeyID {
+		// The names key's head: never a file's content key.
+		return fmt.Errorf("inode %d claims the names key's file ID: %w", of.key.ino, crypto.ErrBadHeader)
 	}
 	if p.Layout() != r.layout {
 		return fmt.Errorf("inode %d: %w", of.key.ino, crypto.ErrLayoutMismatch)

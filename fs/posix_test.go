@@ -20,7 +20,10 @@ var posixSkip = map[string]string{
 }
 
 func TestPosix(t *testing.T) {
-	e := newTestFS(t)
+	eachNames(t, runPosix)
+}
+
+func runPosix(t *testing.T, e *testFS) {
 	names := make([]string, 0, len(posixtest.All))
 	for name := range posixtest.All {
 		names = append(names, name)

@@ -6,6 +6,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 )
 
 // Extended attributes: only user.* on regular files, stored on the cipher
@@ -24,7 +26,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if !n.isReg() {
 		return 0, syscall.ENOTSUP
 	}
-	of, err := n.r.acquire(ctx, n.path(), false)
+	of, err := n.r.acquireNode(ctx, n, false)
 	if err != nil {
 		return 0, n.r.errno("getxattr", n.ino(), err)
 	}
@@ -73,7 +75,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if n.r.ro {
 		return syscall.EROFS
 	}
-	of, err := n.r.acquire(ctx, n.path(), true)
+	of, err := n.r.acquireNode(ctx, n, true)
 	if err != nil {
 		return n.r.errno("setxattr", n.ino(), err)
 	}
@@ -97,30 +99,71 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if n.r.ro {
 		return syscall.EROFS
 	}
-	return n.r.errno("removexattr", n.ino(), unix.Lremovexattr(n.path(), attr))
+	return n.r.errno("removexattr", n.ino(), n.r.withRegular(n, func(p string) error {
+		return unix.Removexattr(p, attr)
+	}))
+}
+
+// withRegular runs fn with a /proc path of n's cipher file, reached
+// through an O_PATH handle that is checked to be a regular file (so the
+// path names that inode and nothing a symlink points to). No key is
+// needed: listing and removing attributes touch no content.
+func (r *root) withRegular(n *node, fn func(p string) error) error {
+	l, err := r.locate(n)
+	if err != nil {
+		return err
+	}
+	defer r.unlocate(l)
+	fd, err := cipherdir.OpenAt(l.d.fd, l.entry, unix.O_PATH, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return syscall.ENOTSUP
+	}
+	return fn(cipherdir.ProcPath(fd))
+}
+
+// acquireNode is acquire for the regular file n.
+func (r *root) acquireNode(ctx context.Context, n *node, write bool) (*openFile, error) {
+	l, err := r.locate(n)
+	if err != nil {
+		return nil, err
+	}
+	defer r.unlocate(l)
+	return r.acquire(ctx, l, write)
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
 	if !n.isReg() {
 		return 0, 0
 	}
-	p := n.path()
 	var raw []byte
-	for {
-		sz, err := unix.Llistxattr(p, nil)
-		if err != nil {
-			return 0, n.r.errno("listxattr", n.ino(), err)
+	err := n.r.withRegular(n, func(p string) error {
+		for {
+			sz, err := unix.Listxattr(p, nil)
+			if err != nil {
+				return err
+			}
+			raw = make([]byte, sz)
+			got, err := unix.Listxattr(p, raw)
+			if err == syscall.ERANGE {
+				continue // grew in between
+			}
+			if err != nil {
+				return err
+			}
+			raw = raw[:got]
+			return nil
 		}
-		raw = make([]byte, sz)
-		got, err := unix.Llistxattr(p, raw)
-		if err == syscall.ERANGE {
-			continue
-		}
-		if err != nil {
-			return 0, n.r.errno("listxattr", n.ino(), err)
-		}
-		raw = raw[:got]
-		break
+	})
+	if err != nil {
+		return 0, n.r.errno("listxattr", n.ino(), err)
 	}
 	var list []byte
 	for _, name := range strings.Split(string(raw), "\x00") {

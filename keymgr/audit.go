@@ -7,6 +7,9 @@ package keymgr
 //	 "key_arn":"arn:kmsfs:local:<keyring id>:key/<key id>",
 //	 "file_id":"<32 hex>","outcome":"ok","latency_ms":0.042}
 //
+// A call for the names key has no file: its line has "file_id":"" and
+// "purpose":"names" (the encryption context's kmsfs-purpose).
+//
 // It names keys by ARN and files by ID: never a key, a DEK, plaintext or a
 // plaintext name. Each line is one write(2) to a file opened O_APPEND, so
 // lines from concurrent callers (and processes) never interleave.
@@ -41,7 +44,8 @@ type AuditRecord struct {
 	Op      string    `json:"op"`
 	KeyARN  string    `json:"key_arn"`
 	FileID  string    `json:"file_id"`
-	Outcome string    `json:"outcome"` // "ok" or the error's short name, e.g. "KeyDisabled"
+	Purpose string    `json:"purpose,omitempty"` // kmsfs-purpose: "names" for the names key, absent for a file's
+	Outcome string    `json:"outcome"`           // "ok" or the error's short name, e.g. "KeyDisabled"
 	Error   string    `json:"error,omitempty"`
 	// DestKeyARN is the key a ReEncrypt wrapped to (KeyARN is its source).
 	DestKeyARN string  `json:"dest_key_arn,omitempty"`
@@ -163,7 +167,7 @@ func (a *auditingProvider) record(rec AuditRecord, start time.Time, err error) e
 func (a *auditingProvider) GenerateDataKey(ctx context.Context, keyRef string, ec EncryptionContext) (DataKey, error) {
 	start := a.now()
 	dk, err := a.p.GenerateDataKey(ctx, keyRef, ec)
-	rec := AuditRecord{Op: AuditGenerateDataKey, KeyARN: keyRef, FileID: ec[ContextFile]}
+	rec := AuditRecord{Op: AuditGenerateDataKey, KeyARN: keyRef, FileID: ec[ContextFile], Purpose: ec[ContextPurpose]}
 	if err == nil {
 		rec.KeyARN = dk.KeyARN
 	}
@@ -177,7 +181,7 @@ func (a *auditingProvider) GenerateDataKey(ctx context.Context, keyRef string, e
 func (a *auditingProvider) Decrypt(ctx context.Context, keyRef string, blob []byte, ec EncryptionContext) ([]byte, error) {
 	start := a.now()
 	dek, err := a.p.Decrypt(ctx, keyRef, blob, ec)
-	rec := AuditRecord{Op: AuditDecrypt, KeyARN: keyRef, FileID: ec[ContextFile]}
+	rec := AuditRecord{Op: AuditDecrypt, KeyARN: keyRef, FileID: ec[ContextFile], Purpose: ec[ContextPurpose]}
 	if werr := a.record(rec, start, err); werr != nil && err == nil {
 		crypto.Zero(dek)
 		return nil, fmt.Errorf("Decrypt: %w", werr)
@@ -188,7 +192,7 @@ func (a *auditingProvider) Decrypt(ctx context.Context, keyRef string, blob []by
 func (a *auditingProvider) ReEncrypt(ctx context.Context, srcKeyRef string, blob []byte, ec EncryptionContext, dstKeyRef string) (DataKey, error) {
 	start := a.now()
 	dk, err := a.p.ReEncrypt(ctx, srcKeyRef, blob, ec, dstKeyRef)
-	rec := AuditRecord{Op: AuditReEncrypt, KeyARN: srcKeyRef, FileID: ec[ContextFile], DestKeyARN: dstKeyRef}
+	rec := AuditRecord{Op: AuditReEncrypt, KeyARN: srcKeyRef, FileID: ec[ContextFile], Purpose: ec[ContextPurpose], DestKeyARN: dstKeyRef}
 	if err == nil && dk.KeyARN != "" {
 		rec.DestKeyARN = dk.KeyARN
 	}

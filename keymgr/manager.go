@@ -228,6 +228,10 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 	if err != nil {
 		return crypto.Header{}, nil, fmt.Errorf("new file key: %w", err)
 	}
+	if k.ID == crypto.NamesKeyID {
+		// Drawn with probability 2^-128, but never a content key.
+		return crypto.Header{}, nil, fmt.Errorf("new file key: drew the reserved names-key file ID: %w", crypto.ErrBadHeader)
+	}
 	h := crypto.Header{
 		FileID:     k.ID,
 		Generation: 1,
@@ -254,10 +258,15 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 // the index, or from readHeader (the file's own header mirror) when the
 // index has no usable entry or the index's keys do not unwrap; the index is
 // then healed from the mirror. readHeader may be nil when the file cannot
-// be read. Concurrent opens of one uncached file share one unwrap.
+// be read. Concurrent opens of one uncached file share one unwrap. A file
+// claiming crypto.NamesKeyID is refused (crypto.ErrBadHeader): the names
+// key never becomes a content key.
 func (m *Manager) OpenFile(ctx context.Context, id crypto.FileID, readHeader func() (crypto.Header, error)) (*crypto.ContentCipher, error) {
 	if m.isClosed() {
 		return nil, fmt.Errorf("open file %s: %w", id, errManagerClosed)
+	}
+	if id == crypto.NamesKeyID {
+		return nil, fmt.Errorf("open file %s: the file ID reserved for the names key: %w", id, crypto.ErrBadHeader)
 	}
 	for {
 		if c, ok, err := m.cached(id); ok || err != nil {

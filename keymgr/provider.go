@@ -11,21 +11,37 @@ import (
 	"github.com/kmsfs/kmsfs/crypto"
 )
 
-// Encryption-context keys. Every KMS call kmsfs makes carries both, so a
-// wrapped key unwraps only for the file and filesystem it was made for, and
-// every unwrap names the file (never a path) in the KMS's audit trail.
+// Encryption-context keys. Every KMS call kmsfs makes carries the
+// filesystem and either the file (a DEK) or the purpose (the names key), so
+// a wrapped key unwraps only for what it was made for, and every unwrap
+// names the file (never a path) or the purpose in the KMS's audit trail.
 const (
 	ContextFilesystem = "kmsfs-filesystem"
 	ContextFile       = "kmsfs-file"
+	ContextPurpose    = "kmsfs-purpose"
 )
+
+// PurposeNames is the ContextPurpose of the filesystem's names key.
+const PurposeNames = "names"
 
 // EncryptionContext is the KMS encryption context: non-secret key/value
 // pairs bound into a wrapped key as additional authenticated data.
 type EncryptionContext map[string]string
 
-// FileContext is the encryption context of one file.
+// FileContext is the encryption context of one file. The reserved
+// crypto.NamesKeyID gets NamesContext, so code that walks cipher-file heads
+// (rewrap) handles the names-key head with no case of its own.
 func FileContext(filesystemID string, fileID crypto.FileID) EncryptionContext {
+	if fileID == crypto.NamesKeyID {
+		return NamesContext(filesystemID)
+	}
 	return EncryptionContext{ContextFilesystem: filesystemID, ContextFile: fileID.String()}
+}
+
+// NamesContext is the encryption context of the filesystem's names key. It
+// has no file key, so no file's EDK unwraps under it, nor it under a file's.
+func NamesContext(filesystemID string) EncryptionContext {
+	return EncryptionContext{ContextFilesystem: filesystemID, ContextPurpose: PurposeNames}
 }
 
 // Canonical returns the context as sorted "k=v" lines joined by "\n", the
@@ -80,8 +96,9 @@ type KeyMetadata struct {
 
 // Provider is a KMS, shaped like the AWS KMS API. keyRef is a key ID, key
 // ARN, alias name ("alias/...") or alias ARN. Every call carries the
-// encryption context of the file concerned. Errors wrap the sentinels in
-// errors.go so callers can tell a disabled key from a network failure.
+// encryption context of the file (or the names key) concerned. Errors wrap
+// the sentinels in errors.go so callers can tell a disabled key from a
+// network failure.
 type Provider interface {
 	// Name is "local" or "aws".
 	Name() string

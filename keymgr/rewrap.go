@@ -16,6 +16,10 @@ package keymgr
 //     the *other* slot with generation+1 and fsync (cipherfile.WriteHeader:
 //     a torn write leaves the old slot valid), then put it in the index.
 //
+// A names-key head (kmsfs.names and its copy, file ID crypto.NamesKeyID)
+// goes through the same steps: FileContext gives it the names context, and
+// it has no index entry to agree with.
+//
 // At every moment the file opens: before the fsync its old slot holds the
 // old EDK (whose key version is still there), after it the new slot wins;
 // an index entry one generation behind unwraps too (same DEK) and the next
@@ -335,8 +339,12 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 		return fileResult{out: outFailed, err: fmt.Errorf("%w: run kmsfs fsck", err)}
 	}
 	id := h.FileID.String()
+	ix := r.o.Index
+	if h.FileID == crypto.NamesKeyID {
+		ix = nil // the names key is in no index
+	}
 	if r.o.Target.Current(h) {
-		fixed, err := r.syncIndex(h)
+		fixed, err := r.syncIndex(ix, h)
 		if err != nil {
 			return fileResult{out: outFailed, id: id, err: err}
 		}
@@ -357,15 +365,15 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 	if err := cipherfile.WriteHeader(f, r.o.Layout, nh, slot); err != nil {
 		return fileResult{out: outFailed, id: id, err: err}
 	}
-	if r.o.Index != nil {
-		if err := r.o.Index.Put(nh); err != nil {
+	if ix != nil {
+		if err := ix.Put(nh); err != nil {
 			return fileResult{out: outFailed, id: id, err: fmt.Errorf("header rewritten, index not updated (a rerun fixes it): %w", err)}
 		}
 		// Unlinked while we worked (a mounted filesystem): the entry we
 		// just wrote would be an orphan.
 		if fi, err := f.Stat(); err == nil {
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
-				_ = r.o.Index.Delete(h.FileID)
+				_ = ix.Delete(h.FileID)
 			}
 		}
 	}
@@ -373,9 +381,8 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 	return fileResult{out: outRewrapped, id: id}
 }
 
-// syncIndex puts h into the index unless the entry already equals it.
-func (r *rewrapRun) syncIndex(h crypto.Header) (bool, error) {
-	ix := r.o.Index
+// syncIndex puts h into ix (nil: none) unless the entry already equals it.
+func (r *rewrapRun) syncIndex(ix *Index, h crypto.Header) (bool, error) {
 	if ix == nil {
 		return false, nil
 	}

@@ -10,6 +10,7 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -18,15 +19,16 @@ import (
 )
 
 type initFlags struct {
-	kms       string
-	key       string
-	chunkSize int64
+	kms            string
+	key            string
+	chunkSize      int64
+	plaintextNames bool
 }
 
 func newInitCmd(g *globals) *cobra.Command {
 	f := &initFlags{}
 	cmd := &cobra.Command{
-		Use:   "init [--kms local|aws] [--key REF] [--keyring PATH] [--aws-region R] [--aws-endpoint URL] [--aws-profile P] [--chunk-size N] CIPHERDIR",
+		Use:   "init [--kms local|aws] [--key REF] [--keyring PATH] [--aws-region R] [--aws-endpoint URL] [--aws-profile P] [--chunk-size N] [--plaintext-names] CIPHERDIR",
 		Short: "create a new cipher directory",
 		Long: `init creates CIPHERDIR (which must not exist or be empty) as a kmsfs cipher
 directory. With the local provider it opens the keyring, creating it when
@@ -36,7 +38,13 @@ alias/kmsfs/default, creating that key when the keyring has none.
 With --kms aws, --key names an existing symmetric AWS KMS key (key ID, key
 ARN, alias/NAME or alias ARN). init checks it with DescribeKey and a
 GenerateDataKey/Decrypt round trip, and records its ARN, the region, the
-endpoint and the profile in kmsfs.conf, so later commands need no AWS flags.`,
+endpoint and the profile in kmsfs.conf, so later commands need no AWS flags.
+
+File names and symlink targets are encrypted under a names key made by the
+KMS for this filesystem, whose wrapped form is kept in CIPHERDIR/kmsfs.names
+and, as a copy, in CIPHERDIR/.kmsfs/names. --plaintext-names stores names
+as they are (anyone who sees the cipher directory reads every name); it
+cannot be changed later.`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runInit(cmd.Context(), g, f, args[0], cmd.OutOrStdout())
@@ -46,6 +54,7 @@ endpoint and the profile in kmsfs.conf, so later commands need no AWS flags.`,
 	fl.StringVar(&f.kms, "kms", cipherdir.ProviderLocal, "KMS provider: local or aws")
 	fl.StringVar(&f.key, "key", "", "master key: key ID, ARN or alias (default alias/kmsfs/default, created if missing)")
 	fl.Int64Var(&f.chunkSize, "chunk-size", 4096, "plaintext bytes per chunk: a power of two, 4096..1048576")
+	fl.BoolVar(&f.plaintextNames, "plaintext-names", false, "store file names and symlink targets unencrypted")
 	return cmd
 }
 
@@ -180,6 +189,7 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 		keyringAbs = p.keyringPath
 	}
 	conf := cipherdir.New(fsid, spec.kind, ref, md.ARN, keyringAbs, shift)
+	conf.SetEncryptedNames(!f.plaintextNames)
 	if spec.kind == cipherdir.ProviderAWS {
 		conf.AWSRegion, conf.AWSEndpoint, conf.AWSProfile = spec.aws.region, spec.aws.endpoint, spec.aws.profile
 	}
@@ -217,6 +227,11 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	if err := ix.Close(); err != nil {
 		return fmt.Errorf("close header index %s: %w", cipherdir.IndexDir(dir), err)
 	}
+	if conf.EncryptedNames() {
+		if err := initNames(ctx, dir, conf, prov); err != nil {
+			return err
+		}
+	}
 	// kmsfs.conf last: its presence marks a finished cipher directory.
 	if err := cipherdir.Save(dir, conf); err != nil {
 		return err
@@ -235,6 +250,11 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	}
 	fmt.Fprintf(out, "created cipher directory %s\n", dir)
 	fmt.Fprintf(out, "  provider:   %s\n  key:        %s\n  key_arn:    %s\n  chunk size: %d bytes\n", conf.Provider, conf.Key, conf.KeyARN, conf.Layout().ChunkSize())
+	if conf.EncryptedNames() {
+		fmt.Fprintf(out, "  names:      encrypted (names key in %s and %s)\n", cipherdir.NamesName, filepath.Join(cipherdir.MetaName, "names"))
+	} else {
+		fmt.Fprintf(out, "  names:      plaintext\n")
+	}
 	fmt.Fprintf(out, "mount it with: kmsfs mount %s MOUNTPOINT\n", dirArg)
 	return nil
 }
@@ -258,6 +278,87 @@ func roundTrip(ctx context.Context, p keymgr.Provider, keyARN, fsid string) erro
 	defer crypto.Zero(plain)
 	if !bytes.Equal(plain, dk.Plaintext) {
 		return fmt.Errorf("key %s: a data key did not survive a wrap/unwrap round trip: the KMS is broken", keyARN)
+	}
+	return nil
+}
+
+// initNames makes the names key of a new encrypted-names filesystem and
+// writes its two copies, then the root's kmsfs.dirid; kmsfs.conf, which
+// names the feature, comes after (runInit). The plaintext key is not
+// needed here and is zeroed at once. p is the audited provider.
+func initNames(ctx context.Context, dir string, conf cipherdir.Config, p keymgr.Provider) error {
+	cache, err := keymgr.NewCache(keymgr.CacheOptions{MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("DEK cache: %w", err)
+	}
+	defer cache.Close()
+	mgr, err := keymgr.NewManager(keymgr.ManagerOptions{
+		FilesystemID: conf.FilesystemID,
+		KeyARN:       conf.KeyARN,
+		Provider:     p,
+		Cache:        cache,
+		PoolSize:     1,
+		Layout:       conf.Layout(),
+		Rand:         rand.Reader,
+	})
+	if err != nil {
+		return fmt.Errorf("key manager: %w", err)
+	}
+	defer mgr.Close() // never started: its pool holds no key
+	h, key, err := mgr.NewNamesKey(ctx)
+	if err != nil {
+		return keyError(conf.KeyARN, "the KMS", err)
+	}
+	crypto.Zero(key)
+	if err := cipherdir.WriteNamesKey(dir, conf.Layout(), h); err != nil {
+		return err
+	}
+	// Read both copies back: a names key that does not read is every
+	// name lost.
+	want, err := h.Marshal()
+	if err != nil {
+		return fmt.Errorf("names key header: %w", err)
+	}
+	for _, read := range cipherdir.NamesKeyReaders(dir, conf.Layout()) {
+		got, err := read()
+		if err != nil {
+			return fmt.Errorf("read back: %w", err)
+		}
+		if b, err := got.Marshal(); err != nil || !bytes.Equal(b, want) {
+			return fmt.Errorf("names key in %s: what was read back differs from what was written: check the disk", dir)
+		}
+	}
+	return writeRootDirID(dir)
+}
+
+// writeRootDirID gives the root directory its ID: kmsfs.dirid, 16 random
+// bytes, created O_EXCL|O_NOFOLLOW, mode 0444, and fsynced with the root.
+func writeRootDirID(dir string) error {
+	fd, err := cipherdir.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dir, err)
+	}
+	root := os.NewFile(uintptr(fd), dir)
+	defer root.Close()
+	id := make([]byte, crypto.DirIDSize)
+	if _, err := rand.Read(id); err != nil {
+		return fmt.Errorf("new directory ID: %w", err)
+	}
+	path := filepath.Join(dir, cipherdir.DirIDName)
+	if err := cipherdir.WriteDirID(fd, id); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := root.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -260,21 +260,25 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 		readyW.Close()
 		return fmt.Errorf("pass the passphrase to the mount process: %w", werr)
 	}
+	var logf *os.File
 	logPath := cipherdir.MountLogPath(t.cipherDir)
-	if !t.writable {
+	if t.writable {
+		// In .kmsfs, reached without following a symlink.
+		logf, err = cipherdir.OpenMeta(t.cipherDir, "mount.log", os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	} else {
 		// A read-only cipher directory (--ro): the log goes to the
 		// runtime directory, next to the mount record.
-		rt, err := cipherdir.RuntimeDir()
-		if err != nil {
+		rt, rerr := cipherdir.RuntimeDir()
+		if rerr != nil {
 			readyW.Close()
-			return err
+			return rerr
 		}
 		logPath = strings.TrimSuffix(cipherdir.RecordPath(rt, t.mountpoint), ".json") + ".log"
+		logf, err = os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	}
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		readyW.Close()
-		return fmt.Errorf("open mount log %s: %w", logPath, err)
+		return fmt.Errorf("open mount log: %w", err)
 	}
 	args := []string{"mount", "--foreground", "--passphrase-fd", "3", "--ready-fd", "4"}
 	if t.spec.keyringPath != "" {
@@ -362,6 +366,9 @@ func errMountedElsewhere(dir string) error {
 // mirrors as they are opened.
 func openIndexHealing(dir string, log *slog.Logger) (*keymgr.Index, error) {
 	path := cipherdir.IndexDir(dir)
+	if err := cipherdir.CheckIndexDir(dir); err != nil {
+		return nil, err
+	}
 	ix, err := keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
 	switch {
 	case err == nil:
@@ -442,10 +449,18 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 		mgr.Start(ctx)
 	}
 
+	names, err := ks.nameCipher(ctx)
+	if err != nil {
+		return err
+	}
+	if names != nil {
+		defer names.Zero()
+	}
 	server, err := kfs.Mount(t.mountpoint, kfs.Options{
 		CipherDir: t.cipherDir,
 		Layout:    t.conf.Layout(),
 		Keys:      mgr,
+		Names:     names,
 		ReadOnly:  f.readOnly,
 		Logger:    log,
 	}, kfs.MountOptions{AllowOther: f.allowOther, NoXattr: f.noXattr, Debug: f.fuseDebug, FsName: "kmsfs:" + t.cipherDir})

@@ -187,6 +187,7 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		if err != nil {
 			return sum, fmt.Errorf("list the cipher files of %s: %w", env.dir, err)
 		}
+		paths = append(paths, rewrapRootHeads(env.dir, conf)...)
 		st, err := keymgr.Rewrap(ctx, opts, paths)
 		if pass == 0 {
 			total = st
@@ -229,6 +230,28 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		}
 	}
 	return sum, nil
+}
+
+// rewrapRootHeads are the heads a rewrap moves besides the cipher files
+// the walk lists, which leaves out the root's own entries: the copies of
+// the names key (kmsfs.names, .kmsfs/names) of an encrypted-names
+// filesystem, so that the old key can go once a rewrap --to is done; they
+// count as files in the summary. With plaintext names, a root file named
+// kmsfs.names or kmsfs.dirid is a user's file from before those names were
+// reserved, which the walk now skips: it is listed so that it moves too.
+// Only regular files are listed: a missing copy is fsck's to report.
+func rewrapRootHeads(dir string, conf cipherdir.Config) []string {
+	candidates := cipherdir.NamesKeyPaths(dir)
+	if !conf.EncryptedNames() {
+		candidates = []string{cipherdir.NamesPath(dir), filepath.Join(dir, cipherdir.DirIDName)}
+	}
+	var out []string
+	for _, p := range candidates {
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func fillSummary(sum *rewrapSummary, st keymgr.RewrapStats, dir string, start time.Time) {

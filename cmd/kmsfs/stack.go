@@ -4,7 +4,8 @@ package main
 // same way (mount, and the offline readers cat, export and verify): the
 // provider opened with the passphrase, the audit log around it, the key
 // checked, the header index (or none), the locked DEK cache and the
-// Manager. Plus the walk of a cipher tree those commands share.
+// Manager. Plus the cipher tree the offline readers share, which maps
+// their plain paths (fs/cipherdir.Tree).
 
 import (
 	"context"
@@ -12,13 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"path"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -145,13 +147,52 @@ func (s *keyStack) Close() error {
 	return errors.Join(errs...)
 }
 
+// nameCipher returns the filesystem's name cipher, or nil, nil with
+// plaintext names. The names key is unwrapped from kmsfs.names or, when
+// that does not open, its copy .kmsfs/names, and zeroed once the cipher
+// holds it. The caller zeroes the cipher (NameCipher.Zero).
+func (s *keyStack) nameCipher(ctx context.Context) (*crypto.NameCipher, error) {
+	if !s.conf.EncryptedNames() {
+		return nil, nil
+	}
+	key, err := s.mgr.OpenNamesKey(ctx, cipherdir.NamesKeyReaders(s.dir, s.conf.Layout())...)
+	if err != nil {
+		return nil, namesKeyError(s.dir, err)
+	}
+	defer crypto.Zero(key)
+	nc, err := crypto.NewNameCipher(key, s.conf.FilesystemID)
+	if err != nil {
+		return nil, fmt.Errorf("names key of %s: %w", s.dir, err)
+	}
+	return nc, nil
+}
+
+// namesKeyError says why no copy of the names key opened and what to do:
+// fix the key's access when the KMS refused, else restore the file.
+func namesKeyError(dir string, err error) error {
+	paths := cipherdir.NamesKeyPaths(dir)
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("names key of %s: %w", dir, err)
+	}
+	for _, kms := range []error{keymgr.ErrKeyNotFound, keymgr.ErrKeyDisabled, keymgr.ErrKeyInvalidState,
+		keymgr.ErrAccessDenied, keymgr.ErrKMSUnavailable, keymgr.ErrThrottled} {
+		if errors.Is(err, kms) {
+			return fmt.Errorf("the names key in %s (copy %s) did not unwrap: %s: make the key usable (kmsfs keys list, or the KMS's key policy) and try again",
+				paths[0], paths[1], oneLine(err.Error()))
+		}
+	}
+	return fmt.Errorf("the names key of %s is unreadable: neither %s nor its copy %s opens (%s): no name can be read without it: restore %s from a backup of the cipher directory",
+		dir, paths[0], paths[1], oneLine(err.Error()), cipherdir.NamesName)
+}
+
 // offlineCacheEntries: the offline readers keep a few keys only; each file
 // is opened once.
 const offlineCacheEntries = 1024
 
-// openOfflineStack is what cat, export and verify start with: the cipher
-// directory resolved and loaded, and a key stack without the index, so
-// they run whether or not the directory is mounted.
+// openOfflineStack is what the offline readers start with (through
+// openOfflineTree): the cipher directory resolved and loaded, and a key
+// stack without the index, so they run whether or not the directory is
+// mounted.
 func openOfflineStack(ctx context.Context, g *globals, arg string, warn io.Writer) (*keyStack, error) {
 	dir, err := canonicalPath(arg)
 	if err != nil {
@@ -174,100 +215,170 @@ func openOfflineStack(ctx context.Context, g *globals, arg string, warn io.Write
 	})
 }
 
-// openOfflineTarget opens the offline key stack of CIPHERDIR (dirArg) and
-// resolves PATH (pathArg, a plain path) in it: the stack, PATH cleaned
-// and relative to the root, its cipher path and its FileInfo (not
-// followed). The caller closes the stack.
-func openOfflineTarget(ctx context.Context, g *globals, dirArg, pathArg string, warn io.Writer) (ks *keyStack, rel, path string, fi os.FileInfo, err error) {
-	if ks, err = openOfflineStack(ctx, g, dirArg, warn); err != nil {
-		return nil, "", "", nil, err
-	}
-	if rel, err = plainRel(ks.conf, pathArg); err == nil {
-		path, fi, err = resolveBeneath(ks.dir, rel)
-	}
-	if err != nil {
-		ks.Close()
-		return nil, "", "", nil, err
-	}
-	return ks, rel, path, fi, nil
+// offlineTree is what the offline readers (cat, export, verify, path)
+// work with: the key stack without the index, and the cipher tree with
+// the filesystem's name cipher, so they take and print plain paths
+// whatever the filesystem's names.
+type offlineTree struct {
+	ks    *keyStack
+	tree  *cipherdir.Tree
+	names *crypto.NameCipher // nil with plaintext names
 }
 
-// plainRel checks PATH, a plain path relative to the mount root, and
-// returns it cleaned with OS separators ("." for the root). In format
-// version 1 names are stored as themselves, so it is also the cipher path
-// relative to CIPHERDIR; name encryption will map it here.
-func plainRel(conf cipherdir.Config, p string) (string, error) {
-	if conf.Features[cipherdir.FeatureNameEncryption] {
-		return "", fmt.Errorf("encrypted names are not supported by this kmsfs: upgrade kmsfs")
+// openOfflineTree opens the offline key stack of CIPHERDIR (dirArg), its
+// names key when names are encrypted, and the cipher tree. The caller
+// closes it.
+func openOfflineTree(ctx context.Context, g *globals, dirArg string, warn io.Writer) (o *offlineTree, err error) {
+	o = &offlineTree{}
+	defer func() {
+		if err != nil {
+			o.Close()
+			o = nil
+		}
+	}()
+	if o.ks, err = openOfflineStack(ctx, g, dirArg, warn); err != nil {
+		return o, err
 	}
+	if o.names, err = o.ks.nameCipher(ctx); err != nil {
+		return o, err
+	}
+	o.tree, err = cipherdir.OpenTree(o.ks.dir, o.names)
+	return o, err
+}
+
+// Close closes the tree and the key stack and zeroes the names key.
+func (o *offlineTree) Close() error {
+	var errs []error
+	if o.tree != nil {
+		errs = append(errs, o.tree.Close())
+	}
+	if o.names != nil {
+		o.names.Zero()
+	}
+	errs = append(errs, o.ks.Close())
+	return errors.Join(errs...)
+}
+
+// cleanPlain checks PATH, a plain path relative to the mount root (a
+// leading "/" allowed), and returns it cleaned, "." for the root. ".."
+// may not climb above the root.
+func cleanPlain(p string) (string, error) {
 	if strings.ContainsRune(p, 0) {
 		return "", usagef("path %q contains a NUL byte", p)
 	}
-	c := filepath.Clean(strings.TrimPrefix(p, "/"))
+	c := path.Clean(strings.TrimPrefix(p, "/"))
 	if c == ".." || strings.HasPrefix(c, "../") {
 		return "", usagef("path %s leaves the filesystem: give a path relative to the mount root, e.g. docs/a.txt", p)
-	}
-	first, _, _ := strings.Cut(c, string(filepath.Separator))
-	if cipherdir.IsMeta(first) {
-		return "", fmt.Errorf("%s is kmsfs's own metadata, not part of the plain view", p)
 	}
 	return c, nil
 }
 
-// resolveBeneath lstats every component of rel below dir and refuses a
-// symlink before the last one: a plain symlink's target means something in
-// the plain view, not in the cipher directory. It returns the cipher path
-// and the last component's FileInfo (not followed).
-func resolveBeneath(dir, rel string) (string, os.FileInfo, error) {
-	path := dir
-	fi, err := os.Lstat(dir)
+// resolve finds PATH (pathArg, a plain path relative to the mount root)
+// in the tree: its location and its stat, not followed. The caller closes
+// the location.
+func (o *offlineTree) resolve(pathArg string) (*cipherdir.Location, unix.Stat_t, error) {
+	var st unix.Stat_t
+	c, err := cleanPlain(pathArg)
 	if err != nil {
-		return "", nil, err
+		return nil, st, err
 	}
-	if rel == "." {
-		return path, fi, nil
+	loc, err := o.tree.Resolve(c)
+	if err != nil {
+		return nil, st, o.treeError(err)
 	}
-	parts := strings.Split(rel, string(filepath.Separator))
-	for i, part := range parts {
-		path = filepath.Join(path, part)
-		if fi, err = os.Lstat(path); err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return "", nil, fmt.Errorf("%s: no such file or directory in the plain view", filepath.Join(parts[:i+1]...))
-			}
-			return "", nil, err
+	if st, err = loc.Lstat(); err != nil {
+		loc.Close()
+		if errors.Is(err, unix.ENOENT) {
+			return nil, st, fmt.Errorf("%s: no such file or directory in the plain view", c)
 		}
-		if i < len(parts)-1 && !fi.IsDir() {
-			if fi.Mode()&os.ModeSymlink != 0 {
-				return "", nil, fmt.Errorf("%s is a symlink: give the path without it", filepath.Join(parts[:i+1]...))
-			}
-			return "", nil, fmt.Errorf("%s is not a directory", filepath.Join(parts[:i+1]...))
-		}
+		return nil, st, fmt.Errorf("%s: %w", c, err)
 	}
-	return path, fi, nil
+	return loc, st, nil
 }
 
-// walkTree calls fn for every entry at or below root (a path in the cipher
-// directory dir), in lexical order, not following symlinks, skipping
-// kmsfs.conf and .kmsfs in dir itself. rel is relative to dir.
-//
-// (A shared walker of the cipher tree, fs/cipherdir/walk.go, is being
-// added for rewrap; this one can move there.)
-func walkTree(dir, root string, fn func(path, rel string, d fs.DirEntry) error) error {
-	return filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+// treeError adds the fix to an error of Tree.Resolve.
+func (o *offlineTree) treeError(err error) error {
+	var we *cipherdir.WalkError
+	switch {
+	case errors.As(err, &we):
+		return errors.New(nameProblem(o.ks.dir, we))
+	case errors.Is(err, cipherdir.ErrBadDirID):
+		return fmt.Errorf("%w: no name in that directory can be read: run kmsfs fsck %s", err, o.ks.dir)
+	case errors.Is(err, crypto.ErrNameTooLong):
+		return usagef("%v: a name is at most %d bytes", err, crypto.MaxPlainName)
+	}
+	return err
+}
+
+// readTarget reads the symlink entry of dirfd and returns its plain
+// target. rel names it in the error.
+func (o *offlineTree) readTarget(dirfd int, entry, rel string) (string, error) {
+	stored, err := cipherdir.Readlinkat(dirfd, entry)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", rel, err)
+	}
+	target, err := o.tree.DecryptTarget(stored)
+	if err != nil {
+		return "", fmt.Errorf("%s: its symlink target does not decrypt (%v): the link is damaged: restore it from a backup of the cipher directory", rel, err)
+	}
+	return string(target), nil
+}
+
+// plainLabel is a plain path for messages: "." for the root.
+func plainLabel(p string) string {
+	if p == "" {
+		return "."
+	}
+	return p
+}
+
+// nameProblem says what a name the tree could not map is (a
+// cipherdir.WalkError from a walk or a path mapping of the cipher
+// directory dir), and what to do about it. It names cipher paths and
+// plain directories, never what a name failed to decrypt to.
+func nameProblem(dir string, e *cipherdir.WalkError) string {
+	switch {
+	case errors.Is(e, cipherdir.ErrBadDirID):
+		return fmt.Sprintf("directory %s (cipher %s): its %s is missing or damaged, so none of its entries can be named: run kmsfs fsck %s",
+			plainLabel(e.Plain), e.Cipher, cipherdir.DirIDName, dir)
+	case errors.Is(e, cipherdir.ErrLongName):
+		return fmt.Sprintf("cipher entry %s in directory %s: its long-name side file %s%s is missing or does not match: restore it from a backup of the cipher directory (kmsfs fsck %s lists every one)",
+			e.Cipher, plainLabel(e.Plain), path.Base(e.Cipher), crypto.LongNameSuffix, dir)
+	case errors.Is(e, crypto.ErrNameAuth), errors.Is(e, crypto.ErrBadName):
+		return fmt.Sprintf("cipher entry %s in directory %s does not decrypt: it was moved from another directory or damaged: move it back, or restore it from a backup of the cipher directory (kmsfs fsck %s says more)",
+			e.Cipher, plainLabel(e.Plain), dir)
+	case errors.Is(e, cipherdir.ErrOwnEntry):
+		return fmt.Sprintf("%s is kmsfs's own entry, not part of the plain view", e.Cipher)
+	case errors.Is(e, unix.ENOTDIR):
+		return fmt.Sprintf("cipher %s is not a directory (a file or a symlink, which kmsfs never follows)", e.Cipher)
+	case errors.Is(e, unix.ENOENT):
+		return fmt.Sprintf("cipher %s: no such entry", e.Cipher)
+	}
+	return fmt.Sprintf("cipher %s in directory %s: %v", e.Cipher, plainLabel(e.Plain), e.Err)
+}
+
+// eachCipherFile opens every cipher file of the cipher directory dir in
+// turn, read-only through its directory's handle (no path built, no
+// symlink followed, kmsfs's own files passed over as conf's names
+// require: cipherdir.WalkCipherFiles), and calls fn with it and its cipher
+// path; the file is closed when fn returns. A file that does not open is
+// passed as nil with the error. It needs no key. fn's first error stops
+// the walk.
+func eachCipherFile(dir string, conf cipherdir.Config, fn func(f *os.File, rel string, openErr error) error) error {
+	root, err := cipherdir.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open cipher directory %s: %w", dir, err)
+	}
+	defer unix.Close(root)
+	return cipherdir.WalkCipherFiles(root, conf.EncryptedNames(), func(d *cipherdir.CipherDir, e cipherdir.CipherEntry) error {
+		rel := d.Path(e.Name)
+		fd, err := cipherdir.OpenAt(d.Fd, e.Name, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 		if err != nil {
-			return fmt.Errorf("walk %s: %w", path, err)
+			return fn(nil, rel, err)
 		}
-		rel, rerr := filepath.Rel(dir, path)
-		if rerr != nil {
-			return rerr
-		}
-		if filepath.Dir(rel) == "." && cipherdir.IsMeta(rel) {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		return fn(path, rel, d)
+		f := os.NewFile(uintptr(fd), rel)
+		defer f.Close()
+		return fn(f, rel, nil)
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,12 +37,15 @@ const (
 
 // Known features. A feature listed in kmsfs.conf that this build does not
 // know means the filesystem was made by a newer kmsfs: it is refused.
+//
+// name_encryption: names and symlink targets are encrypted under the
+// filesystem's names key (kmsfs.names, copy in .kmsfs/names).
 const FeatureNameEncryption = "name_encryption"
 
 // supportedFeatures maps each known feature to whether this build can
 // mount a filesystem that has it switched on.
 var supportedFeatures = map[string]bool{
-	FeatureNameEncryption: false, // reserved; not built yet
+	FeatureNameEncryption: true,
 }
 
 // Sentinel errors; Parse, Load and Validate wrap them with the detail.
@@ -98,7 +102,7 @@ func NewFilesystemID(r io.Reader) (string, error) {
 }
 
 // New returns a version-1 config with the default slot size and every
-// known feature switched off.
+// known feature switched off (SetEncryptedNames switches names on).
 func New(filesystemID, provider, key, keyARN, keyring string, chunkShift uint8) Config {
 	return Config{
 		Format:       FormatVersion,
@@ -111,6 +115,24 @@ func New(filesystemID, provider, key, keyARN, keyring string, chunkShift uint8) 
 		SlotShift:    crypto.DefaultSlotShift,
 		Features:     map[string]bool{FeatureNameEncryption: false},
 	}
+}
+
+// EncryptedNames reports whether the filesystem's names are encrypted
+// (features.name_encryption).
+func (c Config) EncryptedNames() bool {
+	return c.Features[FeatureNameEncryption]
+}
+
+// SetEncryptedNames switches features.name_encryption on or off. Only init
+// calls it: an existing filesystem's names stay as they were made. The
+// feature map is copied, so configs copied from c are not changed.
+func (c *Config) SetEncryptedNames(on bool) {
+	f := maps.Clone(c.Features)
+	if f == nil {
+		f = map[string]bool{}
+	}
+	f[FeatureNameEncryption] = on
+	c.Features = f
 }
 
 // Layout is the geometry every cipher file of the filesystem has.

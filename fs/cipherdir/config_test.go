@@ -2,6 +2,7 @@ package cipherdir
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,7 +35,7 @@ func TestParseConfig(t *testing.T) {
 		{name: "unknown field", conf: strings.Replace(validConf, `"format": 1,`, `"format": 1, "colour": "blue",`, 1), wantErr: ErrBadConfig, wantMsg: `unknown field "colour"`},
 		{name: "unknown feature", conf: strings.Replace(validConf, `{"name_encryption": false}`, `{"name_encryption": false, "dedup": true}`, 1), wantErr: ErrUnknownFeature, wantMsg: `"dedup"`},
 		{name: "unknown feature off", conf: strings.Replace(validConf, `{"name_encryption": false}`, `{"dedup": false}`, 1), wantErr: ErrUnknownFeature, wantMsg: `"dedup"`},
-		{name: "name encryption on", conf: strings.Replace(validConf, `"name_encryption": false`, `"name_encryption": true`, 1), wantErr: ErrUnsupportedFeature, wantMsg: "name_encryption"},
+		{name: "name encryption on", conf: strings.Replace(validConf, `"name_encryption": false`, `"name_encryption": true`, 1)},
 		{name: "chunk shift too small", conf: strings.Replace(validConf, `"chunk_shift": 12`, `"chunk_shift": 11`, 1), wantErr: ErrBadConfig, wantMsg: "chunk_shift 11"},
 		{name: "chunk shift too large", conf: strings.Replace(validConf, `"chunk_shift": 12`, `"chunk_shift": 21`, 1), wantErr: ErrBadConfig, wantMsg: "chunk_shift 21"},
 		{name: "slot shift too large", conf: strings.Replace(validConf, `"slot_shift": 9`, `"slot_shift": 14`, 1), wantErr: ErrBadConfig, wantMsg: "slot_shift 14"},
@@ -110,6 +111,58 @@ func TestSaveLoadRoundTrip(t *testing.T) {
 	}
 }
 
+func TestEncryptedNames(t *testing.T) {
+	id, err := NewFilesystemID(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		set  bool // call SetEncryptedNames(on); else keep New's default
+		on   bool
+		want bool
+	}{
+		{name: "default off", want: false},
+		{name: "switched on", set: true, on: true, want: true},
+		{name: "switched off", set: true, on: false, want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := New(id, ProviderLocal, "alias/kmsfs/default", "arn:kmsfs:local:k:key/1", "/k/keyring.json", 12)
+			orig := c
+			if tt.set {
+				c.SetEncryptedNames(tt.on)
+			}
+			if got := c.EncryptedNames(); got != tt.want {
+				t.Fatalf("EncryptedNames: got %v, want %v", got, tt.want)
+			}
+			if orig.EncryptedNames() {
+				t.Errorf("SetEncryptedNames changed a copy made before it")
+			}
+			if err := Save(dir, c); err != nil {
+				t.Fatalf("Save: %v", err)
+			}
+			got, err := Load(dir)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if got.EncryptedNames() != tt.want || len(got.Features) != 1 {
+				t.Errorf("loaded: EncryptedNames %v, features %v; want %v and one feature", got.EncryptedNames(), got.Features, tt.want)
+			}
+			b, _ := os.ReadFile(ConfPath(dir))
+			if want := fmt.Sprintf(`"name_encryption": %v`, tt.want); !strings.Contains(string(b), want) {
+				t.Errorf("kmsfs.conf %s: no %s", b, want)
+			}
+		})
+	}
+	var zero Config
+	zero.SetEncryptedNames(true)
+	if !zero.EncryptedNames() {
+		t.Errorf("SetEncryptedNames on a config without features: got off, want on")
+	}
+}
+
 func TestSaveRefusesInvalid(t *testing.T) {
 	dir := t.TempDir()
 	c := New("nothex", ProviderLocal, "k", "arn:x", "/k", 12)
@@ -150,18 +203,20 @@ func TestPaths(t *testing.T) {
 		{IndexDir(dir), "/c/.kmsfs/index"},
 		{AuditPath(dir), "/c/.kmsfs/audit.log"},
 		{MountLogPath(dir), "/c/.kmsfs/mount.log"},
+		{NamesPath(dir), "/c/kmsfs.names"},
+		{MetaNamesPath(dir), "/c/.kmsfs/names"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
 			t.Errorf("got %v, want %v", tt.got, tt.want)
 		}
 	}
-	for _, rel := range []string{"kmsfs.conf", ".kmsfs"} {
+	for _, rel := range []string{"kmsfs.conf", ".kmsfs", "kmsfs.names", "kmsfs.dirid"} {
 		if !IsMeta(rel) {
 			t.Errorf("IsMeta(%q): got false, want true", rel)
 		}
 	}
-	for _, rel := range []string{"a/kmsfs.conf", "a/.kmsfs", "kmsfs.conf2", "x"} {
+	for _, rel := range []string{"a/kmsfs.conf", "a/.kmsfs", "kmsfs.conf2", "x", "a/kmsfs.names", ".kmsfs/names", "kmsfs.names2"} {
 		if IsMeta(rel) {
 			t.Errorf("IsMeta(%q): got true, want false", rel)
 		}

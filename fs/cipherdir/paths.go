@@ -17,10 +17,19 @@ import (
 const (
 	ConfName = "kmsfs.conf"
 	MetaName = ".kmsfs"
+	// NamesName is the names-key head of a filesystem with encrypted
+	// names; .kmsfs/names is its copy (nameskey.go).
+	NamesName = "kmsfs.names"
 )
 
 // ConfPath is CIPHERDIR/kmsfs.conf.
 func ConfPath(dir string) string { return filepath.Join(dir, ConfName) }
+
+// NamesPath is CIPHERDIR/kmsfs.names, the names-key head.
+func NamesPath(dir string) string { return filepath.Join(dir, NamesName) }
+
+// MetaNamesPath is CIPHERDIR/.kmsfs/names, the names-key head's copy.
+func MetaNamesPath(dir string) string { return filepath.Join(dir, MetaName, "names") }
 
 // MetaDir is CIPHERDIR/.kmsfs, mode 0700.
 func MetaDir(dir string) string { return filepath.Join(dir, MetaName) }
@@ -36,9 +45,13 @@ func MountLogPath(dir string) string { return filepath.Join(dir, MetaName, "moun
 
 // IsMeta reports whether rel, a slash- or OS-separated path relative to the
 // cipher directory root, is one of the root entries kmsfs owns (kmsfs.conf,
-// .kmsfs) rather than a cipher file.
+// .kmsfs, kmsfs.names, kmsfs.dirid) rather than a cipher file.
 func IsMeta(rel string) bool {
-	return rel == ConfName || rel == MetaName
+	switch rel {
+	case ConfName, MetaName, NamesName, DirIDName:
+		return true
+	}
+	return false
 }
 
 // IsCipherDir reports whether dir holds a kmsfs.conf regular file.
