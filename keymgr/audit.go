@@ -27,6 +27,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/crypto"
 )
 
@@ -60,15 +62,46 @@ type AuditLog struct {
 }
 
 // OpenAuditLog opens path for appending (created 0600, its directory 0700).
+// Neither the log nor its directory may be a symlink: the log lives in the
+// cipher directory, which its writer may change, and a log that is a
+// symlink to (say) a shell start-up file must not get lines appended.
 func OpenAuditLog(path string) (*AuditLog, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := openNoFollow(path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open audit log: %w", err)
 	}
 	return &AuditLog{path: path, f: f}, nil
+}
+
+// openNoFollow opens path with neither its directory (the last directory
+// component) nor the file itself followed if a symlink, and refuses
+// anything but a regular file.
+func openNoFollow(path string, flags int, perm uint32) (*os.File, error) {
+	dirfd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: filepath.Dir(path), Err: err}
+	}
+	defer unix.Close(dirfd)
+	fd, err := unix.Openat(dirfd, filepath.Base(path), flags|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, perm)
+	if err != nil {
+		if err == unix.ELOOP {
+			return nil, &os.PathError{Op: "open", Path: path, Err: fmt.Errorf("a symlink, never followed in a cipher directory: remove it: %w", err)}
+		}
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("not a regular file")}
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // Path is the log file.
@@ -235,7 +268,7 @@ func ReadAudit(r io.Reader) ([]AuditRecord, error) {
 // error naming the line.
 func CountAuditOps(path string) (map[string]int, error) {
 	counts := map[string]int{AuditGenerateDataKey: 0, AuditDecrypt: 0, AuditReEncrypt: 0, AuditDescribeKey: 0}
-	f, err := os.Open(path)
+	f, err := openNoFollow(path, unix.O_RDONLY, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return counts, nil
 	}

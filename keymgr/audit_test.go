@@ -416,3 +416,53 @@ func FuzzReadAudit(f *testing.F) {
 		}
 	})
 }
+
+// TestAuditLogRefusesSymlinks: an audit log, or its directory, replaced by
+// a symlink (a writer of the cipher directory pointing it at a shell
+// start-up file) is refused, and the target gets nothing.
+func TestAuditLogRefusesSymlinks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		plant func(t *testing.T, meta, target string)
+	}{
+		{"log is a symlink", func(t *testing.T, meta, target string) {
+			if err := os.Symlink(target, filepath.Join(meta, "audit.log")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"directory is a symlink", func(t *testing.T, meta, target string) {
+			if err := os.Symlink(filepath.Dir(target), meta); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(filepath.Dir(target), "audit.log"), []byte("keep\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			outside := filepath.Join(t.TempDir(), ".bashrc")
+			if err := os.WriteFile(outside, []byte("keep\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			meta := filepath.Join(base, ".kmsfs")
+			if tc.name == "log is a symlink" {
+				if err := os.Mkdir(meta, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tc.plant(t, meta, outside)
+			log, err := OpenAuditLog(filepath.Join(meta, "audit.log"))
+			if err == nil {
+				log.Write(AuditRecord{Op: AuditDecrypt})
+				log.Close()
+				t.Fatalf("OpenAuditLog through a symlink: got nil error")
+			}
+			for _, p := range []string{outside, filepath.Join(filepath.Dir(outside), "audit.log")} {
+				if b, err := os.ReadFile(p); err == nil && string(b) != "keep\n" {
+					t.Errorf("%s changed: %q", p, b)
+				}
+			}
+		})
+	}
+}

@@ -19,6 +19,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kmsfs/kmsfs/crypto"
 )
 
@@ -232,7 +234,7 @@ func (c Config) Marshal() ([]byte, error) {
 // ErrNotCipherDir.
 func Load(dir string) (Config, error) {
 	path := ConfPath(dir)
-	f, err := os.Open(path)
+	f, err := openConf(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return Config{}, fmt.Errorf("%s: %w", dir, ErrNotCipherDir)
 	}
@@ -249,6 +251,30 @@ func Load(dir string) (Config, error) {
 		return Config{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
+}
+
+// openConf opens CIPHERDIR/kmsfs.conf for reading without following a
+// symlink there, and refuses anything but a regular file (a fifo would
+// hang the read).
+func openConf(dir string) (*os.File, error) {
+	root, err := OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(root)
+	fd, err := OpenAt(root, ConfName, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		if err == unix.ELOOP {
+			return nil, fmt.Errorf("it is a symlink, which kmsfs never follows in a cipher directory: %w", err)
+		}
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("not a regular file: %w", ErrBadConfig)
+	}
+	return os.NewFile(uintptr(fd), ConfPath(dir)), nil
 }
 
 // Save validates c and writes CIPHERDIR/kmsfs.conf atomically (temp file,

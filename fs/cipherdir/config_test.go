@@ -298,3 +298,23 @@ func TestRuntimeDirRefusesOpenDir(t *testing.T) {
 		t.Errorf("got nil error for a 0777 runtime dir, want one")
 	}
 }
+
+// TestLoadRefusesSymlink: a kmsfs.conf that is a symlink (to a config the
+// writer controls elsewhere, or to a fifo) is never followed.
+func TestLoadRefusesSymlink(t *testing.T) {
+	dir := t.TempDir()
+	other := t.TempDir()
+	c := New("4f0c1e8a9b2d4c6e8f1a3b5c7d9e0f12", ProviderLocal, "alias/x", "arn:kmsfs:local:k:key/1", "/k", 12)
+	if err := Save(other, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(ConfPath(other), ConfPath(dir)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir); err == nil {
+		t.Errorf("Load through a symlinked kmsfs.conf: got nil error")
+	}
+	if IsCipherDir(dir) {
+		t.Errorf("IsCipherDir: a symlinked kmsfs.conf counts")
+	}
+}

@@ -56,7 +56,7 @@ func IsMeta(rel string) bool {
 
 // IsCipherDir reports whether dir holds a kmsfs.conf regular file.
 func IsCipherDir(dir string) bool {
-	fi, err := os.Stat(ConfPath(dir))
+	fi, err := os.Lstat(ConfPath(dir))
 	return err == nil && fi.Mode().IsRegular()
 }
 
