@@ -3,6 +3,11 @@
 // the same workloads in one run on one machine, and prints the medians with
 // kmsfs's speed relative to each peer (docs/performance.md).
 //
+// The kmsfs column is the default filesystem (`kmsfs init`: file names
+// encrypted); kmsfs-plainnames is the same kmsfs initialised with
+// --plaintext-names, so that the targets can hold the cost of name
+// encryption to 0.9x of the old layout, in the same run.
+//
 // Every system is mounted fresh for each round; rounds alternate the order
 // of the systems (forward, then backward) so that drift in the machine's
 // load falls on all of them. Run it as root (it drops the page cache with
@@ -69,6 +74,7 @@ type bench struct {
 	sizes      sizes
 	rounds     int
 	kmsfs      string
+	kmsfsBase  string // -kmsfs-base: an earlier kmsfs binary, the kmsfs-base column
 	profileDir string
 	profiles   int
 	goBench    string
@@ -125,8 +131,9 @@ func main() {
 		fsMode = "ext4"
 	}
 	flag.StringVar(&b.fs, "fs", fsMode, "where each system runs: ext4 (a fresh ext4 in a loop device, per system and round) or dir (directly in -dir) (env BENCH_FS)")
-	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,loopback-nopt,gocryptfs,securefs,kmsfs,kmsfs-aws,kmsfs-aws-10ms)")
+	only := flag.String("only", os.Getenv("BENCH_ONLY"), "comma-separated systems to run (plain,loopback,loopback-nopt,gocryptfs,securefs,kmsfs,kmsfs-plainnames,kmsfs-base,kmsfs-aws,kmsfs-aws-10ms)")
 	flag.StringVar(&b.kmsfs, "kmsfs", "", "kmsfs binary (default: go build ./cmd/kmsfs)")
+	flag.StringVar(&b.kmsfsBase, "kmsfs-base", os.Getenv("BENCH_KMSFS_BASE"), "an earlier kmsfs binary to measure beside this one as kmsfs-base, with its own init defaults (env BENCH_KMSFS_BASE; skipped when empty)")
 	flag.StringVar(&b.profileDir, "cpuprofile", "", "directory for CPU profiles of the kmsfs mounts")
 	flag.StringVar(&b.goBench, "gobench", "", "file with `go test -bench` output of ./crypto (crypto target)")
 	flag.BoolVar(&b.verbose, "v", true, "log each step on stderr")

@@ -30,6 +30,7 @@ func (b *bench) report(w io.Writer, syss []*system, results map[string]map[strin
 	if len(b.mountArgs) > 0 {
 		fmt.Fprintf(w, "- kmsfs mounted with: %s\n", strings.Join(b.mountArgs, " "))
 	}
+	fmt.Fprintf(w, "- kmsfs: kmsfs init (file names encrypted); %s: kmsfs init --plaintext-names; both on the local provider\n", plainNames)
 	if !b.canDrop {
 		fmt.Fprintln(w, "- WARNING: the page cache could not be dropped (not root): cold-cache rows are warm")
 	}
@@ -172,6 +173,8 @@ func (b *bench) targets(w io.Writer, med func(string, string) (float64, bool)) {
 	for _, k := range []string{"smallcreate", "smallstat", "smallread", "smalldelete", "tarextract", "tarread", "tarremove"} {
 		vsBest(k)
 	}
+	b.plainNamesTargets(row, mByKey, med)
+	b.baseTargets(row, mByKey, med)
 	// createsVs: the create rate of system sys over that of base, when sys ran.
 	createsVs := func(sys, base, target string) {
 		if a, aok := med(sys, "smallcreate"); aok {
@@ -196,6 +199,62 @@ func (b *bench) targets(w io.Writer, med func(string, string) (float64, bool)) {
 		row("locked memory <= 64 B per cached key", fmt.Sprintf("%.0f KiB / %d keys = %.1f B", v, cacheEntries, per), per <= 64, true)
 	}
 	b.cryptoTarget(w, row)
+}
+
+// plainNamesTargets compares kmsfs (file names encrypted, the default)
+// with the same kmsfs initialised with --plaintext-names, in this run: on
+// every workload of the metrics table but memory, kmsfs must reach 0.9x
+// the speed of kmsfs-plainnames (speedRatio: for the timed rows, the
+// plain-names time over the kmsfs time). Name encryption costs on the
+// namespace rows (small files, tar); on the data rows (sequential and
+// random I/O on one file) it must cost nothing, so a ratio below 0.9x
+// there flags a slowdown of the data path.
+func (b *bench) plainNamesTargets(row func(string, string, bool, bool), mByKey map[string]metric, med func(string, string) (float64, bool)) {
+	const want = 0.9
+	keys := []string{"seqwrite", "seqread", "randread", "randwrite",
+		"smallcreate", "smallstat", "smallread", "smalldelete", "tarextract", "tarread", "tarremove"}
+	ran := false
+	for _, key := range keys {
+		if _, ok := med(plainNames, key); ok {
+			ran = true
+		}
+	}
+	if !ran {
+		row(fmt.Sprintf("kmsfs (encrypted names) >= %.1fx %s", want, plainNames), plainNames+" did not run", false, false)
+		return
+	}
+	for _, key := range keys {
+		m := mByKey[key]
+		k, kok := med("kmsfs", key)
+		r := 0.0
+		if kok {
+			r = speedRatio(m, k, plainNames, med)
+		}
+		row(fmt.Sprintf("%s: kmsfs (encrypted names) >= %.1fx %s", m.title, want, plainNames), fmtRatio(r), r >= want, r != 0)
+	}
+}
+
+// baseTargets compares this build with the -kmsfs-base build on the data
+// rows (sequential and random I/O on one file), when it ran: a change to
+// how the cipher directory is reached (directory handles) must make none
+// of them slower. Both columns of this build are compared: kmsfs-plainnames
+// has the base's layout, kmsfs the new default.
+func (b *bench) baseTargets(row func(string, string, bool, bool), mByKey map[string]metric, med func(string, string) (float64, bool)) {
+	const want = 0.9
+	if _, ok := med(baseKmsfs, "seqread"); !ok {
+		return
+	}
+	for _, key := range []string{"seqwrite", "seqread", "randread", "randwrite"} {
+		m := mByKey[key]
+		for _, sys := range []string{plainNames, "kmsfs"} {
+			k, ok := med(sys, key)
+			r := 0.0
+			if ok {
+				r = speedRatio(m, k, baseKmsfs, med)
+			}
+			row(fmt.Sprintf("%s: %s >= %.1fx %s", m.title, sys, want, baseKmsfs), fmtRatio(r), r >= want, r != 0)
+		}
+	}
 }
 
 var overheadLineRE = regexp.MustCompile(`^BenchmarkChunkOverhead/(Seal|Open)/(\w+)-\d+\s.*\s(-?[\d.]+) overhead-%`)

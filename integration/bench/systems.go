@@ -66,6 +66,12 @@ func systems() []*system {
 		{name: "gocryptfs", check: needTool("gocryptfs", "apt-get install -y gocryptfs"), mount: mountGocryptfs},
 		{name: "securefs", check: needTool("securefs", "apt-get install -y securefs"), mount: mountSecurefs},
 		{name: "kmsfs", check: func(*bench) string { return "" }, mount: mountKmsfsLocal},
+		// The same kmsfs with the old layout (init --plaintext-names): the
+		// cost of encrypting names, in the same run (plainNamesTargets).
+		{name: plainNames, check: checkPlaintextNames, mount: mountKmsfsLocalPlainNames},
+		// An earlier build (-kmsfs-base), e.g. the one before a change
+		// whose cost is in question, on the same workloads.
+		{name: baseKmsfs, check: checkKmsfsBase, mount: mountKmsfsBase},
 		{name: "kmsfs-aws", check: checkKmsfsAWS, mount: mountKmsfsAWS},
 		// A KMS in the same region answers in several milliseconds, not
 		// local-kms's fraction of one: the small files again, with every
@@ -163,16 +169,68 @@ func mountSecurefs(b *bench, work string) (*mounted, error) {
 	return b.startMount(exec.Command("securefs", "mount", "--pass", benchPass, cipher, mnt), mnt, nil)
 }
 
+// plainNames is the kmsfs column with file names stored unencrypted.
+const plainNames = "kmsfs-plainnames"
+
 func mountKmsfsLocal(b *bench, work string) (*mounted, error) {
+	return b.mountKmsfsLocal(work)
+}
+
+func mountKmsfsLocalPlainNames(b *bench, work string) (*mounted, error) {
+	return b.mountKmsfsLocal(work, "--plaintext-names")
+}
+
+// mountKmsfsLocal inits a cipher directory under work on the local
+// provider, with the extra init flags, and mounts it.
+func (b *bench) mountKmsfsLocal(work string, initFlags ...string) (*mounted, error) {
 	cipher, mnt, err := mkdirs(work)
 	if err != nil {
 		return nil, err
 	}
 	keyring := filepath.Join(b.dir, "keyring", "keyring.json")
+	args := append(append([]string{"--keyring", keyring, "init"}, initFlags...), cipher)
+	if err := b.kmsfsInit(nil, args...); err != nil {
+		return nil, err
+	}
+	return b.mountKmsfs(cipher, mnt, nil, "--keyring", keyring)
+}
+
+// baseKmsfs is the column of the -kmsfs-base binary.
+const baseKmsfs = "kmsfs-base"
+
+func checkKmsfsBase(b *bench) string {
+	if b.kmsfsBase == "" {
+		return "no -kmsfs-base binary given"
+	}
+	if _, err := os.Stat(b.kmsfsBase); err != nil {
+		return fmt.Sprintf("-kmsfs-base %s: %v", b.kmsfsBase, err)
+	}
+	return ""
+}
+
+// mountKmsfsBase inits and mounts with the -kmsfs-base binary (its own
+// defaults) and a keyring of its own.
+func mountKmsfsBase(b *bench, work string) (*mounted, error) {
+	cur := b.kmsfs
+	b.kmsfs = b.kmsfsBase
+	defer func() { b.kmsfs = cur }()
+	cipher, mnt, err := mkdirs(work)
+	if err != nil {
+		return nil, err
+	}
+	keyring := filepath.Join(b.dir, "keyring-base", "keyring.json")
 	if err := b.kmsfsInit(nil, "--keyring", keyring, "init", cipher); err != nil {
 		return nil, err
 	}
 	return b.mountKmsfs(cipher, mnt, nil, "--keyring", keyring)
+}
+
+func checkPlaintextNames(b *bench) string {
+	out, _ := exec.Command(b.kmsfs, "init", "--help").CombinedOutput()
+	if !bytes.Contains(out, []byte("--plaintext-names")) {
+		return "TODO: this kmsfs has no `init --plaintext-names` yet"
+	}
+	return ""
 }
 
 // kmsfsInit runs kmsfs init (its output goes to the log on failure).
