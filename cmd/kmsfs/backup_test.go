@@ -5,8 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -20,27 +23,52 @@ import (
 // offlineEnv is a cipher directory made by init in a temp dir, with its
 // own keyring and passphrase, driven in-process.
 type offlineEnv struct {
-	t    *testing.T
-	base string
-	dir  string
+	t         *testing.T
+	base      string
+	dir       string
+	encrypted bool
+	cipher    map[string]string // plain path -> full cipher path, of what write made
 }
 
-func newOfflineEnv(t *testing.T) *offlineEnv {
+// newOfflineEnv makes a cipher directory with encrypted names, or with
+// plaintext names when initArgs holds --plaintext-names.
+func newOfflineEnv(t *testing.T, initArgs ...string) *offlineEnv {
 	t.Helper()
 	base := t.TempDir()
 	t.Setenv(envKeyring, filepath.Join(base, "kr", "keyring.json"))
 	t.Setenv(envPassphrase, "backup test passphrase")
-	e := &offlineEnv{t: t, base: base, dir: filepath.Join(base, "c")}
-	if code, _, stderr := e.kmsfs("init", e.dir); code != 0 {
+	e := &offlineEnv{t: t, base: base, dir: filepath.Join(base, "c"), cipher: map[string]string{}}
+	if code, _, stderr := e.kmsfs(append(append([]string{"init"}, initArgs...), e.dir)...); code != 0 {
 		t.Fatalf("init: exit %d, stderr %q", code, stderr)
 	}
+	conf, err := cipherdir.Load(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.encrypted = conf.EncryptedNames()
 	return e
+}
+
+// eachNames runs fn as a subtest on a cipher directory of each kind.
+func eachNames(t *testing.T, fn func(t *testing.T, e *offlineEnv)) {
+	t.Run("encrypted-names", func(t *testing.T) { fn(t, newOfflineEnv(t)) })
+	t.Run("plaintext-names", func(t *testing.T) { fn(t, newOfflineEnv(t, "--plaintext-names")) })
 }
 
 func (e *offlineEnv) kmsfs(args ...string) (int, string, string) {
 	var out, errb bytes.Buffer
 	code := run(args, &out, &errb)
 	return code, out.String(), errb.String()
+}
+
+// cpath is the full cipher path of rel, a plain path write made.
+func (e *offlineEnv) cpath(rel string) string {
+	e.t.Helper()
+	p, ok := e.cipher[rel]
+	if !ok {
+		e.t.Fatalf("cpath(%s): not written by the test", rel)
+	}
+	return p
 }
 
 // plainEntry is one entry of a plain tree the tests write without FUSE.
@@ -51,10 +79,12 @@ type plainEntry struct {
 	dir     bool
 	mtime   time.Time
 	xattrs  map[string]string // user.* attributes of a regular file
+	bare    bool              // a 0-byte cipher file with no header (a create cut short)
 }
 
-// write puts entries into the cipher directory as the mount would: each
-// regular file gets a key from the Manager, its header and its content.
+// write puts entries into the cipher directory as the mount would: names
+// through the cipher tree (encrypted, each directory given its ID), each
+// regular file a key from the Manager, its header and its content.
 func (e *offlineEnv) write(entries map[string]plainEntry) {
 	t := e.t
 	t.Helper()
@@ -72,31 +102,90 @@ func (e *offlineEnv) write(entries map[string]plainEntry) {
 		t.Fatalf("key stack: %v", err)
 	}
 	defer ks.Close()
-	// Directories first, their modes last.
-	for rel, pe := range entries {
-		if pe.dir {
-			if err := os.MkdirAll(filepath.Join(e.dir, rel), 0o755); err != nil {
-				t.Fatal(err)
-			}
+	nc, err := ks.nameCipher(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc != nil {
+		defer nc.Zero()
+	}
+	tree, err := cipherdir.OpenTree(e.dir, nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tree.Close()
+	// create makes rel with mk(parent handle, entry) unless it exists.
+	create := func(rel string, mk func(dirfd int, entry string) error) {
+		t.Helper()
+		loc, err := tree.Resolve(rel)
+		if err != nil {
+			t.Fatalf("resolve %s: %v", rel, err)
+		}
+		defer loc.Close()
+		e.cipher[rel] = filepath.Join(e.dir, loc.Cipher)
+		if _, err := loc.Lstat(); err == nil {
+			return
+		}
+		if err := tree.PrepareEntry(loc.Parent, loc.Entry, loc.Encoded); err != nil {
+			t.Fatal(err)
+		}
+		if err := mk(loc.Parent, loc.Entry); err != nil {
+			t.Fatalf("create %s: %v", rel, err)
 		}
 	}
-	for rel, pe := range entries {
-		p := filepath.Join(e.dir, rel)
+	mkdirAll := func(rel string) {
+		parts := strings.Split(rel, "/")
+		for i := range parts {
+			create(strings.Join(parts[:i+1], "/"), func(dirfd int, entry string) error {
+				if err := unix.Mkdirat(dirfd, entry, 0o755); err != nil {
+					return err
+				}
+				fd, err := cipherdir.OpenDirAt(dirfd, entry)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(fd)
+				_, err = tree.NewDirID(fd)
+				return err
+			})
+		}
+	}
+	rels := make([]string, 0, len(entries))
+	for rel := range entries {
+		rels = append(rels, rel)
+	}
+	sort.Strings(rels)
+	for _, rel := range rels {
+		if pe := entries[rel]; pe.dir {
+			mkdirAll(rel)
+		} else if dir := path.Dir(rel); dir != "." {
+			mkdirAll(dir)
+		}
+	}
+	for _, rel := range rels {
+		pe := entries[rel]
 		if pe.dir {
 			continue
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
 		if pe.symlink != "" {
-			if err := os.Symlink(pe.symlink, p); err != nil {
-				t.Fatal(err)
-			}
+			create(rel, func(dirfd int, entry string) error {
+				stored, err := tree.EncryptTarget([]byte(pe.symlink))
+				if err != nil {
+					return err
+				}
+				return unix.Symlinkat(string(stored), dirfd, entry)
+			})
 			continue
 		}
-		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, pe.mode)
-		if err != nil {
-			t.Fatal(err)
+		var f *os.File
+		create(rel, func(dirfd int, entry string) error {
+			fd, err := cipherdir.OpenAt(dirfd, entry, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, uint32(pe.mode.Perm()))
+			f = os.NewFile(uintptr(fd), rel)
+			return err
+		})
+		if pe.bare {
+			f.Close()
+			continue
 		}
 		h, cc, err := ks.mgr.NewFile(ctx)
 		if err != nil {
@@ -126,12 +215,12 @@ func (e *offlineEnv) write(entries map[string]plainEntry) {
 		if err := f.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Chmod(p, pe.mode); err != nil {
+		if err := os.Chmod(e.cpath(rel), pe.mode); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for rel, pe := range entries {
-		p := filepath.Join(e.dir, rel)
+		p := e.cpath(rel)
 		if pe.dir {
 			if err := os.Chmod(p, pe.mode); err != nil {
 				t.Fatal(err)
@@ -189,8 +278,7 @@ func TestChunkRanges(t *testing.T) {
 	}
 }
 
-func TestPlainRel(t *testing.T) {
-	conf := cipherdir.Config{}
+func TestCleanPlain(t *testing.T) {
 	tests := []struct {
 		in, want string
 		wantErr  bool
@@ -199,17 +287,21 @@ func TestPlainRel(t *testing.T) {
 		{in: "/docs//a.txt", want: "docs/a.txt"},
 		{in: ".", want: "."},
 		{in: "", want: "."},
+		{in: "/", want: "."},
 		{in: "docs/../b", want: "b"},
 		{in: "..", wantErr: true},
 		{in: "../etc/passwd", wantErr: true},
-		{in: "kmsfs.conf", wantErr: true},
-		{in: ".kmsfs/index", wantErr: true},
+		{in: "/../x", wantErr: true},
+		{in: "a\x00b", wantErr: true},
+		// Refused by the tree, with plaintext names only.
+		{in: "kmsfs.conf", want: "kmsfs.conf"},
 		{in: "docs/.kmsfs", want: "docs/.kmsfs"},
 	}
 	for _, tt := range tests {
-		got, err := plainRel(conf, tt.in)
-		if (err != nil) != tt.wantErr || (err == nil && got != tt.want) {
-			t.Errorf("plainRel(%q): got %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		got, err := cleanPlain(tt.in)
+		var ue usageError
+		if (err != nil) != tt.wantErr || (err == nil && got != tt.want) || (err != nil && !errors.As(err, &ue)) {
+			t.Errorf("cleanPlain(%q): got %q, %v; want %q, a usage error %v", tt.in, got, err, tt.want, tt.wantErr)
 		}
 	}
 }
@@ -218,7 +310,10 @@ func TestPlainRel(t *testing.T) {
 // back with cat and export, verifies it, damages it and checks that
 // verify names every damaged file and chunk and export exports the rest.
 func TestCatExportVerifyOffline(t *testing.T) {
-	e := newOfflineEnv(t)
+	eachNames(t, testCatExportVerifyOffline)
+}
+
+func testCatExportVerifyOffline(t *testing.T, e *offlineEnv) {
 	mt := time.Date(2024, 3, 1, 12, 0, 0, 123456789, time.UTC)
 	entries := map[string]plainEntry{
 		"docs":           {dir: true, mode: 0o750, mtime: mt},
@@ -306,18 +401,18 @@ func TestCatExportVerifyOffline(t *testing.T) {
 	// Damage: chunks 3 and 4 of big.bin, slot 1 (empty) of a.txt, the
 	// preamble of chunk+1, the tail of chunk-1.
 	l := cipherdir.Config{ChunkShift: 12, SlotShift: 9}.Layout()
-	big := filepath.Join(e.dir, "docs/big.bin")
+	big := e.cpath("docs/big.bin")
 	flipByte(t, big, l.CipherChunkOffset(3)+40)
 	flipByte(t, big, l.CipherChunkOffset(4)+4000)
-	flipByte(t, filepath.Join(e.dir, "docs/a.txt"), l.SlotOffset(1)+100)
-	flipByte(t, filepath.Join(e.dir, "d/e/f/chunk+1"), 5) // version
-	cm1 := filepath.Join(e.dir, "d/e/f/chunk-1")
+	flipByte(t, e.cpath("docs/a.txt"), l.SlotOffset(1)+100)
+	flipByte(t, e.cpath("d/e/f/chunk+1"), 5) // version
+	cm1 := e.cpath("d/e/f/chunk-1")
 	fi, err := os.Stat(cm1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	flipByte(t, cm1, fi.Size()-1) // the tag
-	onePath := filepath.Join(e.dir, "one")
+	onePath := e.cpath("one")
 	sealed := make([]byte, 256)
 	n, err := unix.Getxattr(onePath, "user.x", sealed)
 	if err != nil {
@@ -424,7 +519,10 @@ func checkExported(t *testing.T, dest, prefix string, entries map[string]plainEn
 // written, restored over a deleted index, loses none of them; a backup of
 // another filesystem and a damaged backup change nothing.
 func TestIndexBackupRestoreOffline(t *testing.T) {
-	e := newOfflineEnv(t)
+	eachNames(t, testIndexBackupRestoreOffline)
+}
+
+func testIndexBackupRestoreOffline(t *testing.T, e *offlineEnv) {
 	first := map[string]plainEntry{}
 	for i := range 5 {
 		first["a/"+string(rune('a'+i))] = plainEntry{data: randData(t, 100*i), mode: 0o644}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
@@ -27,7 +28,8 @@ func newCatCmd(g *globals) *cobra.Command {
 		Long: `cat decrypts the file at PATH (relative to the mount root, e.g. docs/a.txt)
 of CIPHERDIR to stdout, without FUSE: for a machine that cannot mount, or a
 quick look. It works whether or not CIPHERDIR is mounted; each file's key
-comes from its own header. A chunk that fails authentication stops the
+comes from its own header, and with encrypted names the names key is
+unwrapped to find PATH. A chunk that fails authentication stops the
 output there (everything before it is authentic) and exits 1.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -40,21 +42,35 @@ func runCat(ctx context.Context, g *globals, dirArg, pathArg string, out, errw i
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, rel, path, fi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
+	o, err := openOfflineTree(ctx, g, dirArg, errw)
 	if err != nil {
 		return err
 	}
-	defer ks.Close()
-	switch {
-	case fi.IsDir():
-		return fmt.Errorf("%s is a directory: use kmsfs export to decrypt a tree", rel)
-	case fi.Mode()&os.ModeSymlink != 0:
-		target, _ := os.Readlink(path)
-		return fmt.Errorf("%s is a symlink to %s: cat its target", rel, target)
-	case !fi.Mode().IsRegular():
-		return fmt.Errorf("%s is not a regular file (%v)", rel, fi.Mode().Type())
+	defer o.Close()
+	loc, st, err := o.resolve(pathArg)
+	if err != nil {
+		return err
 	}
-	cf, err := openCipherFile(ctx, ks, path, rel)
+	defer loc.Close()
+	rel := plainLabel(loc.Plain)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		return fmt.Errorf("%s is a directory: use kmsfs export to decrypt a tree", rel)
+	case unix.S_IFLNK:
+		target, err := o.readTarget(loc.Parent, loc.Entry, rel)
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%s is a symlink to %s: cat its target", rel, target)
+	default:
+		return fmt.Errorf("%s is not a regular file (%v)", rel, cipherdir.StatInfo(rel, &st).Mode().Type())
+	}
+	f, err := loc.Open(unix.O_RDONLY | unix.O_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("%s: %w", rel, err)
+	}
+	cf, err := openCipherFile(ctx, o.ks, f, rel)
 	if err != nil {
 		return err
 	}
@@ -80,19 +96,21 @@ func fileError(rel string, id crypto.FileID, hasID bool, format string, args ...
 	return fmt.Errorf("%s (file %s): %s", rel, fileIDString(id, hasID), fmt.Sprintf(format, args...))
 }
 
-// openCipherFile opens the cipher file at path and gets its key from its
-// own header mirror. A 0-byte cipher file (created, never written through
-// a writable open) is an empty file with no header.
-func openCipherFile(ctx context.Context, ks *keyStack, path, rel string) (*plainFile, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", rel, err)
-	}
+// openCipherFile gets the key of the open cipher file f (rel, its plain
+// path, names it in errors) from its own header mirror; f is the
+// plainFile's from then on, closed with it or on an error. A 0-byte cipher
+// file (created, never written through a writable open) is an empty file
+// with no header.
+func openCipherFile(ctx context.Context, ks *keyStack, f *os.File, rel string) (*plainFile, error) {
 	p := &plainFile{rel: rel, f: f}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%s: %w", rel, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%v)", rel, fi.Mode().Type())
 	}
 	if fi.Size() == 0 {
 		return p, nil

@@ -8,17 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
+
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 )
 
 func newExportCmd(g *globals) *cobra.Command {
@@ -34,9 +35,10 @@ when DEST is an existing directory); a tree is merged into the directory
 DEST, created if missing. Existing files are never overwritten without
 --force: export then checks the whole tree first and changes nothing.
 Each file is written to a temporary name and renamed when complete. A
-file that fails authentication is reported and left out, the others are
-exported, and the exit status is 1. Works whether or not CIPHERDIR is
-mounted.`,
+file that fails authentication, or an entry whose encrypted name does not
+decrypt, is reported and left out, the others are exported, and the exit
+status is 1. Names and symlink targets are written decrypted. Works
+whether or not CIPHERDIR is mounted.`,
 		Args: exactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runExport(cmd.Context(), g, args[0], args[1], args[2], force, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -48,12 +50,14 @@ mounted.`,
 
 // exportItem is one entry to export.
 type exportItem struct {
-	src, rel, dst string
-	fi            os.FileInfo
+	rel, dst string // plain path, destination
+	st       unix.Stat_t
 }
 
+func (it exportItem) isDir() bool { return it.st.Mode&unix.S_IFMT == unix.S_IFDIR }
+
 type exportRun struct {
-	ks                            *keyStack
+	o                             *offlineTree
 	force                         bool
 	errw                          io.Writer
 	failed                        []string
@@ -67,40 +71,54 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, rel, root, rootFi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
+	o, err := openOfflineTree(ctx, g, dirArg, errw)
 	if err != nil {
 		return err
 	}
-	defer ks.Close()
+	defer o.Close()
+	loc, rootSt, err := o.resolve(pathArg)
+	if err != nil {
+		return err
+	}
+	defer loc.Close()
 	dest, err := filepath.Abs(destArg)
 	if err != nil {
 		return err
 	}
-	if within(dest, ks.dir) {
-		return usagef("destination %s is inside the cipher directory %s: export somewhere else", dest, ks.dir)
+	if within(dest, o.ks.dir) {
+		return usagef("destination %s is inside the cipher directory %s: export somewhere else", dest, o.ks.dir)
+	}
+	start := loc.Plain
+	rootItem := exportItem{rel: plainLabel(start), dst: dest, st: rootSt}
+	isTree := rootItem.isDir()
+	if !isTree {
+		if dfi, err := os.Stat(dest); err == nil && dfi.IsDir() {
+			rootItem.dst = filepath.Join(dest, path.Base(loc.Plain))
+		}
+	}
+	// dstOf is where the walk entry e goes.
+	dstOf := func(e cipherdir.WalkEntry) string {
+		sub := strings.TrimPrefix(strings.TrimPrefix(e.Plain, start), "/")
+		return filepath.Join(dest, filepath.FromSlash(sub))
 	}
 
-	// Plan: every entry with its destination, and the conflicts.
+	// Plan: every entry with its destination, and the conflicts. Names
+	// that do not map are reported by the export walk below.
 	var items []exportItem
-	if rootFi.IsDir() {
-		err = walkTree(ks.dir, root, func(path, r string, d fs.DirEntry) error {
-			fi, err := d.Info()
-			if err != nil {
-				return fmt.Errorf("%s: %w", r, err)
+	if isTree {
+		err = o.tree.Walk(start, func(e cipherdir.WalkEntry) error {
+			it := exportItem{rel: plainLabel(e.Plain), dst: dstOf(e)}
+			if err := unix.Fstatat(e.Dir, e.Entry, &it.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("%s: %w", it.rel, err)
 			}
-			sub, _ := filepath.Rel(root, path)
-			items = append(items, exportItem{src: path, rel: r, dst: filepath.Join(dest, sub), fi: fi})
+			items = append(items, it)
 			return nil
-		})
+		}, func(*cipherdir.WalkError) error { return nil })
 		if err != nil {
-			return err
+			return o.treeError(err)
 		}
 	} else {
-		dst := dest
-		if dfi, err := os.Stat(dest); err == nil && dfi.IsDir() {
-			dst = filepath.Join(dest, filepath.Base(root))
-		}
-		items = append(items, exportItem{src: root, rel: rel, dst: dst, fi: rootFi})
+		items = append(items, rootItem)
 	}
 	var conflicts []string
 	for _, it := range items {
@@ -109,8 +127,8 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 			continue
 		}
 		switch {
-		case it.fi.IsDir() && dfi.IsDir():
-		case it.fi.IsDir():
+		case it.isDir() && dfi.IsDir():
+		case it.isDir():
 			conflicts = append(conflicts, fmt.Sprintf("%s exists and is not a directory", it.dst))
 		case dfi.IsDir():
 			conflicts = append(conflicts, fmt.Sprintf("%s exists and is a directory", it.dst))
@@ -133,46 +151,64 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 		return fmt.Errorf("%d entries in the way under %s, nothing exported%s", len(conflicts), dest, hint)
 	}
 
-	r := &exportRun{ks: ks, force: force, errw: errw, links: map[[2]uint64]string{}, asRoot: os.Geteuid() == 0}
+	r := &exportRun{o: o, force: force, errw: errw, links: map[[2]uint64]string{}, asRoot: os.Geteuid() == 0}
 	var bar *progressbar.ProgressBar
-	if f, ok := errw.(*os.File); ok && rootFi.IsDir() && term.IsTerminal(int(f.Fd())) {
+	if f, ok := errw.(*os.File); ok && isTree && term.IsTerminal(int(f.Fd())) {
 		bar = progressbar.NewOptions(len(items), progressbar.OptionSetWriter(errw),
 			progressbar.OptionSetDescription("export"), progressbar.OptionShowCount(),
 			progressbar.OptionClearOnFinish())
 	}
-	if rootFi.IsDir() {
+	report := func(rel string, err error) {
+		if bar != nil {
+			bar.Clear()
+		}
+		fmt.Fprintf(errw, "kmsfs: %s\n", oneLine(err.Error()))
+		r.failed = append(r.failed, rel)
+	}
+	if !isTree {
+		if err := r.export(ctx, loc.Parent, loc.Entry, rootItem); err != nil {
+			report(rootItem.rel, err)
+		}
+	} else {
 		if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
 			return fmt.Errorf("create %s: %w", filepath.Dir(dest), err)
 		}
-	}
-	var dirs []exportItem
-	for _, it := range items {
-		if bar != nil {
-			bar.Add(1)
-		}
-		if it.fi.IsDir() {
-			// Writable while we fill it; its mode and times are set last.
-			if err := os.Mkdir(it.dst, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-				return fmt.Errorf("create directory %s: %w", it.dst, err)
-			}
-			dirs = append(dirs, it)
-			r.dirs++
-			continue
-		}
-		if err := r.export(ctx, it); err != nil {
+		var dirs []exportItem
+		err = o.tree.Walk(start, func(e cipherdir.WalkEntry) error {
 			if bar != nil {
-				bar.Clear()
+				bar.Add(1)
 			}
-			fmt.Fprintf(errw, "kmsfs: %s\n", oneLine(err.Error()))
-			r.failed = append(r.failed, it.rel)
+			it := exportItem{rel: plainLabel(e.Plain), dst: dstOf(e)}
+			if err := unix.Fstatat(e.Dir, e.Entry, &it.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				report(it.rel, fmt.Errorf("%s: %w", it.rel, err))
+				return nil
+			}
+			if it.isDir() {
+				// Writable while we fill it; its mode and times are set last.
+				if err := os.Mkdir(it.dst, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+					return fmt.Errorf("create directory %s: %w", it.dst, err)
+				}
+				dirs = append(dirs, it)
+				r.dirs++
+				return nil
+			}
+			if err := r.export(ctx, e.Dir, e.Entry, it); err != nil {
+				report(it.rel, err)
+			}
+			return nil
+		}, func(we *cipherdir.WalkError) error {
+			report(we.Cipher, errors.New(nameProblem(o.ks.dir, we)+": left out"))
+			return nil
+		})
+		if err != nil {
+			return o.treeError(err)
 		}
-	}
-	// Deepest first, so a parent's mtime is set after its children change.
-	sort.Slice(dirs, func(i, j int) bool { return dirs[i].dst > dirs[j].dst })
-	for _, it := range dirs {
-		if err := r.setMeta(it.dst, it.fi, false); err != nil {
-			fmt.Fprintf(errw, "kmsfs: %s\n", oneLine(err.Error()))
-			r.failed = append(r.failed, it.rel)
+		// Deepest first, so a parent's mtime is set after its children change.
+		sort.Slice(dirs, func(i, j int) bool { return dirs[i].dst > dirs[j].dst })
+		for _, it := range dirs {
+			if err := r.setMeta(it.dst, &it.st, false); err != nil {
+				report(it.rel, err)
+			}
 		}
 	}
 	if bar != nil {
@@ -181,15 +217,16 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 	fmt.Fprintf(out, "exported %d files, %d directories, %d symlinks, %d other entries to %s; %d failed\n",
 		r.files, r.dirs, r.symlinks, r.others, dest, len(r.failed))
 	if len(r.failed) > 0 {
-		return fmt.Errorf("%d entries were not exported (listed above): run kmsfs verify %s for details", len(r.failed), ks.dir)
+		return fmt.Errorf("%d entries were not exported (listed above): run kmsfs verify %s for details", len(r.failed), o.ks.dir)
 	}
 	return nil
 }
 
-// export writes one non-directory entry.
-func (r *exportRun) export(ctx context.Context, it exportItem) error {
-	st, _ := it.fi.Sys().(*syscall.Stat_t)
-	if st != nil && st.Nlink > 1 && !it.fi.IsDir() {
+// export writes one non-directory entry, entry in the cipher directory
+// dirfd.
+func (r *exportRun) export(ctx context.Context, dirfd int, entry string, it exportItem) error {
+	st := &it.st
+	if st.Nlink > 1 {
 		key := [2]uint64{uint64(st.Dev), st.Ino}
 		if first, ok := r.links[key]; ok {
 			if r.force {
@@ -207,18 +244,17 @@ func (r *exportRun) export(ctx context.Context, it exportItem) error {
 			}
 		}()
 	}
-	mode := it.fi.Mode()
-	switch {
-	case mode.IsRegular():
-		if err := r.exportFile(ctx, it); err != nil {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		if err := r.exportFile(ctx, dirfd, entry, it); err != nil {
 			return err
 		}
 		r.files++
 		return nil
-	case mode&os.ModeSymlink != 0:
-		target, err := os.Readlink(it.src)
+	case unix.S_IFLNK:
+		target, err := r.o.readTarget(dirfd, entry, it.rel)
 		if err != nil {
-			return fmt.Errorf("%s: %w", it.rel, err)
+			return err
 		}
 		if r.force {
 			os.Remove(it.dst)
@@ -227,26 +263,30 @@ func (r *exportRun) export(ctx context.Context, it exportItem) error {
 			return fmt.Errorf("%s: %w", it.rel, err)
 		}
 		r.symlinks++
-		return r.setMeta(it.dst, it.fi, true)
-	case mode&os.ModeNamedPipe != 0:
+		return r.setMeta(it.dst, st, true)
+	case unix.S_IFIFO:
 		if r.force {
 			os.Remove(it.dst)
 		}
-		if err := unix.Mkfifo(it.dst, uint32(mode.Perm())); err != nil {
+		if err := unix.Mkfifo(it.dst, st.Mode&0o777); err != nil {
 			return fmt.Errorf("%s: mkfifo: %w", it.rel, err)
 		}
 		r.others++
-		return r.setMeta(it.dst, it.fi, false)
+		return r.setMeta(it.dst, st, false)
 	default:
 		// Sockets and device nodes are not content: skipped, reported.
-		return fmt.Errorf("%s: %v is not exported (sockets and devices are skipped)", it.rel, mode.Type())
+		return fmt.Errorf("%s: %v is not exported (sockets and devices are skipped)", it.rel, cipherdir.StatInfo(it.rel, st).Mode().Type())
 	}
 }
 
 // exportFile decrypts a regular file into a temporary file next to its
 // destination, sets its metadata and renames it into place.
-func (r *exportRun) exportFile(ctx context.Context, it exportItem) error {
-	pf, err := openCipherFile(ctx, r.ks, it.src, it.rel)
+func (r *exportRun) exportFile(ctx context.Context, dirfd int, entry string, it exportItem) error {
+	fd, err := cipherdir.OpenAt(dirfd, entry, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", it.rel, err)
+	}
+	pf, err := openCipherFile(ctx, r.o.ks, os.NewFile(uintptr(fd), it.rel), it.rel)
 	if err != nil {
 		return err
 	}
@@ -291,7 +331,7 @@ func (r *exportRun) exportFile(ctx context.Context, it exportItem) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("%s: %w", it.rel, err)
 	}
-	if err := r.setMeta(tmp.Name(), it.fi, false); err != nil {
+	if err := r.setMeta(tmp.Name(), &it.st, false); err != nil {
 		return err
 	}
 	if !r.force {
@@ -307,10 +347,9 @@ func (r *exportRun) exportFile(ctx context.Context, it exportItem) error {
 	return nil
 }
 
-// setMeta gives path the owner (as root), mode and times of fi.
-func (r *exportRun) setMeta(path string, fi os.FileInfo, symlink bool) error {
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	if r.asRoot && st != nil {
+// setMeta gives path the owner (as root), mode and times of st.
+func (r *exportRun) setMeta(path string, st *unix.Stat_t, symlink bool) error {
+	if r.asRoot {
 		if err := os.Lchown(path, int(st.Uid), int(st.Gid)); err != nil {
 			return fmt.Errorf("chown %s: %w", path, err)
 		}
@@ -318,16 +357,11 @@ func (r *exportRun) setMeta(path string, fi os.FileInfo, symlink bool) error {
 	flags := 0
 	if symlink {
 		flags = unix.AT_SYMLINK_NOFOLLOW
-	} else if st != nil {
+	} else if err := unix.Chmod(path, st.Mode&0o7777); err != nil {
 		// After chown, which clears set-id bits.
-		if err := unix.Chmod(path, st.Mode&0o7777); err != nil {
-			return fmt.Errorf("chmod %s: %w", path, err)
-		}
+		return fmt.Errorf("chmod %s: %w", path, err)
 	}
-	if st == nil {
-		return nil
-	}
-	ts := []unix.Timespec{unix.NsecToTimespec(syscall.TimespecToNsec(st.Atim)), unix.NsecToTimespec(syscall.TimespecToNsec(st.Mtim))}
+	ts := []unix.Timespec{st.Atim, st.Mtim}
 	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, flags); err != nil {
 		return fmt.Errorf("set times of %s: %w", path, err)
 	}

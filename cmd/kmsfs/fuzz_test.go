@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -35,28 +33,16 @@ func FuzzParseMountinfo(f *testing.F) {
 // crash, or mknod) is an empty file the mount reads as empty: fsck finds
 // nothing wrong with it, while a short non-empty file is still a finding.
 func TestFsckEmptyCipherFile(t *testing.T) {
-	base := t.TempDir()
-	t.Setenv(envKeyring, filepath.Join(base, "kr", "keyring.json"))
-	t.Setenv(envPassphrase, "correct horse")
-	kmsfs := func(args ...string) (int, string, string) {
-		var out, errb bytes.Buffer
-		code := run(args, &out, &errb)
-		return code, out.String(), errb.String()
-	}
-	c := filepath.Join(base, "c")
-	if code, _, stderr := kmsfs("init", c); code != 0 {
-		t.Fatalf("init: exit %d, stderr %q", code, stderr)
-	}
-	if err := os.WriteFile(filepath.Join(c, "empty"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if code, out, stderr := kmsfs("fsck", c); code != 0 {
-		t.Errorf("fsck with a 0-byte cipher file: exit %d\n%s%s", code, out, stderr)
-	}
-	if err := os.WriteFile(filepath.Join(c, "short"), []byte("KMS"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if code, out, _ := kmsfs("fsck", c); code != 1 || !strings.Contains(out, "short") {
-		t.Errorf("fsck with a 3-byte cipher file: exit %d, output %q; want 1 and a finding", code, out)
-	}
+	eachNames(t, func(t *testing.T, e *offlineEnv) {
+		e.write(map[string]plainEntry{"empty": {mode: 0o644, bare: true}, "short": {mode: 0o644, bare: true}})
+		if code, out, stderr := e.kmsfs("fsck", e.dir); code != 0 {
+			t.Errorf("fsck with 0-byte cipher files: exit %d\n%s%s", code, out, stderr)
+		}
+		if err := os.WriteFile(e.cpath("short"), []byte("KMS"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if code, out, _ := e.kmsfs("fsck", e.dir); code != 1 || !strings.Contains(out, "short") {
+			t.Errorf("fsck with a 3-byte cipher file: exit %d, output %q; want 1 and a finding naming it", code, out)
+		}
+	})
 }

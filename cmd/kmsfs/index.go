@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -222,7 +221,7 @@ func runIndexRestore(dirArg, file string, out io.Writer, stdin io.Reader) error 
 		return fmt.Errorf("restore index entries: %w", err)
 	}
 
-	if err := healIndex(dir, conf.Layout(), live, &st); err != nil {
+	if err := healIndex(dir, conf, live, &st); err != nil {
 		return err
 	}
 	n, err := live.Count()
@@ -268,15 +267,14 @@ func openIndexForRestore(dir string, st *restoreStats) (*keymgr.Index, error) {
 
 // healIndex puts every cipher file's header mirror into ix where ix lacks
 // it or holds another, and counts the entries left without a file.
-func healIndex(dir string, l crypto.Layout, ix *keymgr.Index, st *restoreStats) error {
+func healIndex(dir string, conf cipherdir.Config, ix *keymgr.Index, st *restoreStats) error {
+	l := conf.Layout()
 	seen := map[crypto.FileID]bool{}
-	err := cipherdir.WalkFiles(dir, func(path, rel string, d fs.DirEntry) error {
-		f, err := os.Open(path)
+	err := eachCipherFile(dir, conf, func(f *os.File, _ string, err error) error {
 		if err != nil {
 			st.unreadable++
 			return nil
 		}
-		defer f.Close()
 		if fi, err := f.Stat(); err == nil && fi.Size() == 0 {
 			return nil // no header yet
 		}

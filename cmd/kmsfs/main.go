@@ -129,6 +129,7 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 		newCatCmd(g),
 		newExportCmd(g),
 		newVerifyCmd(g),
+		newPathCmd(g),
 		newIndexCmd(g),
 	)
 	return root

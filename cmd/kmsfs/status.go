@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"sort"
 	"text/tabwriter"
@@ -146,7 +145,7 @@ func statusOf(arg string) (statusReport, error) {
 	if err != nil {
 		r.Source = "headers"
 		c = counter{}
-		if r.unreadable, err = countHeaders(dir, conf.Layout(), &c); err != nil {
+		if r.unreadable, err = countHeaders(dir, conf, &c); err != nil {
 			return r, err
 		}
 	}
@@ -159,14 +158,13 @@ func statusOf(arg string) (statusReport, error) {
 }
 
 // countHeaders walks the cipher tree and reads each file's header mirror.
-func countHeaders(dir string, l crypto.Layout, c *counter) (unreadable int, err error) {
-	err = cipherdir.WalkFiles(dir, func(path, rel string, d fs.DirEntry) error {
-		f, err := os.Open(path)
+func countHeaders(dir string, conf cipherdir.Config, c *counter) (unreadable int, err error) {
+	l := conf.Layout()
+	err = eachCipherFile(dir, conf, func(f *os.File, _ string, err error) error {
 		if err != nil {
 			unreadable++
 			return nil
 		}
-		defer f.Close()
 		h, _, err := cipherfile.ReadHeader(f, l)
 		if err != nil {
 			unreadable++

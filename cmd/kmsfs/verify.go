@@ -9,20 +9,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
 )
 
@@ -58,19 +58,21 @@ Exit status 1 when anything fails.`,
 	return cmd
 }
 
-// verifyTarget is one cipher file to verify.
-type verifyTarget struct{ path, rel string }
-
-// verifyResult is what verify found in one file.
+// verifyResult is what verify found in one file, or in one name that
+// does not map (nameLine).
 type verifyResult struct {
 	rel      string
 	id       crypto.FileID
 	hasID    bool
 	chunks   int64
 	problems []string
+	nameLine string // a name the walk could not map, said in full
 }
 
 func (r verifyResult) lines() []string {
+	if r.nameLine != "" {
+		return []string{r.nameLine}
+	}
 	out := make([]string, len(r.problems))
 	for i, p := range r.problems {
 		out[i] = fmt.Sprintf("%s (file %s): %s", r.rel, fileIDString(r.id, r.hasID), p)
@@ -78,109 +80,169 @@ func (r verifyResult) lines() []string {
 	return out
 }
 
+// verifyJob is one open cipher file for a worker; the worker closes it.
+type verifyJob struct {
+	f   *os.File
+	rel string
+}
+
 func runVerify(ctx context.Context, g *globals, dirArg, pathArg string, jobs int, out, errw io.Writer) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	ks, rel, root, fi, err := openOfflineTarget(ctx, g, dirArg, pathArg, errw)
+	o, err := openOfflineTree(ctx, g, dirArg, errw)
 	if err != nil {
 		return err
 	}
-	defer ks.Close()
-	var targets []verifyTarget
-	switch {
-	case fi.Mode().IsRegular():
-		targets = append(targets, verifyTarget{root, rel})
-	case fi.IsDir():
-		seen := map[[2]uint64]bool{}
-		err = walkTree(ks.dir, root, func(path, rel string, d fs.DirEntry) error {
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			if info, err := d.Info(); err == nil {
-				if st, ok := info.Sys().(*syscall.Stat_t); ok {
-					k := [2]uint64{uint64(st.Dev), st.Ino}
-					if seen[k] {
-						return nil // another hard link of a file already listed
-					}
-					seen[k] = true
-				}
-			}
-			targets = append(targets, verifyTarget{path, rel})
-			return nil
-		})
-		if err != nil {
-			return err
-		}
+	defer o.Close()
+	loc, st, err := o.resolve(pathArg)
+	if err != nil {
+		return err
+	}
+	defer loc.Close()
+	rel := plainLabel(loc.Plain)
+	isTree := false
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+	case unix.S_IFDIR:
+		isTree = true
 	default:
 		return fmt.Errorf("%s is not a regular file or a directory: nothing to verify", rel)
 	}
 
 	var bar *progressbar.ProgressBar
-	if f, ok := errw.(*os.File); ok && len(targets) > 1 && term.IsTerminal(int(f.Fd())) {
-		bar = progressbar.NewOptions(len(targets), progressbar.OptionSetWriter(errw),
-			progressbar.OptionSetDescription("verify"), progressbar.OptionShowCount(),
-			progressbar.OptionClearOnFinish())
+	if f, ok := errw.(*os.File); ok && isTree && term.IsTerminal(int(f.Fd())) {
+		n := 0
+		_ = o.tree.Walk(loc.Plain, func(e cipherdir.WalkEntry) error {
+			if e.Type == 0 {
+				n++
+			}
+			return nil
+		}, func(*cipherdir.WalkError) error { return nil })
+		if n > 1 {
+			bar = progressbar.NewOptions(n, progressbar.OptionSetWriter(errw),
+				progressbar.OptionSetDescription("verify"), progressbar.OptionShowCount(),
+				progressbar.OptionClearOnFinish())
+		}
 	}
-	results := make([]verifyResult, len(targets))
-	work := make(chan int)
+	var (
+		mu      sync.Mutex
+		results []verifyResult
+		files   int
+	)
+	addResult := func(r verifyResult) {
+		mu.Lock()
+		results = append(results, r)
+		mu.Unlock()
+	}
+	// The walk opens each file and hands it to a worker: at most jobs+1
+	// files are open at once, and no path is built.
+	work := make(chan verifyJob)
 	var wg sync.WaitGroup
-	for range min(jobs, max(1, len(targets))) {
+	for range jobs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 1<<20)
-			for i := range work {
-				results[i] = verifyFile(ctx, ks, targets[i], buf)
+			for j := range work {
+				r := verifyFile(ctx, o.ks, j, buf)
+				j.f.Close()
+				addResult(r)
 				if bar != nil {
 					bar.Add(1)
 				}
 			}
 		}()
 	}
-	for i := range targets {
-		work <- i
+	seen := map[[2]uint64]bool{}
+	submit := func(dirfd int, entry, rel string) {
+		fd, err := cipherdir.OpenAt(dirfd, entry, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			files++
+			addResult(verifyResult{rel: rel, problems: []string{fmt.Sprintf("cannot open: %v", err)}})
+			return
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err == nil {
+			k := [2]uint64{uint64(st.Dev), st.Ino}
+			if seen[k] {
+				unix.Close(fd) // another hard link of a file already listed
+				return
+			}
+			seen[k] = true
+		}
+		files++
+		work <- verifyJob{f: os.NewFile(uintptr(fd), rel), rel: rel}
+	}
+	if isTree {
+		err = o.tree.Walk(loc.Plain, func(e cipherdir.WalkEntry) error {
+			if e.Type == 0 {
+				submit(e.Dir, e.Entry, e.Plain)
+			}
+			return nil
+		}, func(we *cipherdir.WalkError) error {
+			addResult(verifyResult{rel: we.Plain, nameLine: nameProblem(o.ks.dir, we)})
+			return nil
+		})
+	} else {
+		submit(loc.Parent, loc.Entry, rel)
 	}
 	close(work)
 	wg.Wait()
 	if bar != nil {
 		bar.Finish()
 	}
+	if err != nil {
+		return o.treeError(err)
+	}
 
-	sort.Slice(results, func(i, j int) bool { return results[i].rel < results[j].rel })
-	damaged := 0
+	sort.SliceStable(results, func(i, j int) bool { return results[i].rel < results[j].rel })
+	damaged, names := 0, 0
 	var chunks int64
 	for _, r := range results {
 		chunks += r.chunks
-		if len(r.problems) > 0 {
+		switch {
+		case r.nameLine != "":
+			names++
+		case len(r.problems) > 0:
 			damaged++
-			for _, l := range r.lines() {
-				fmt.Fprintln(out, l)
-			}
+		default:
+			continue
+		}
+		for _, l := range r.lines() {
+			fmt.Fprintln(out, l)
 		}
 	}
-	fmt.Fprintf(out, "verified %d files, %d chunks: %d damaged\n", len(results), chunks, damaged)
-	if damaged > 0 {
-		return fmt.Errorf("%d of %d files in %s fail verification (listed on stdout): restore them from a backup", damaged, len(results), ks.dir)
+	summary := fmt.Sprintf("verified %d files, %d chunks: %d damaged", files, chunks, damaged)
+	if names > 0 {
+		summary += fmt.Sprintf(", %d names unreadable", names)
+	}
+	fmt.Fprintln(out, summary)
+	switch {
+	case damaged > 0 && names > 0:
+		return fmt.Errorf("%d of %d files in %s fail verification and %d names cannot be read (listed on stdout): restore them from a backup", damaged, files, o.ks.dir, names)
+	case damaged > 0:
+		return fmt.Errorf("%d of %d files in %s fail verification (listed on stdout): restore them from a backup", damaged, files, o.ks.dir)
+	case names > 0:
+		return fmt.Errorf("%d names in %s cannot be read, so their files were not verified (listed on stdout): run kmsfs fsck %s", names, o.ks.dir, o.ks.dir)
 	}
 	return nil
 }
 
-// verifyFile checks one cipher file: preamble, both header slots, the key,
-// and every content chunk. buf is the worker's read buffer.
-func verifyFile(ctx context.Context, ks *keyStack, t verifyTarget, buf []byte) (r verifyResult) {
-	r.rel = t.rel
+// verifyFile checks one open cipher file: preamble, both header slots, the
+// key, and every content chunk. buf is the worker's read buffer.
+func verifyFile(ctx context.Context, ks *keyStack, j verifyJob, buf []byte) (r verifyResult) {
+	r.rel = j.rel
+	f := j.f
 	l := ks.conf.Layout()
 	problem := func(format string, args ...any) { r.problems = append(r.problems, fmt.Sprintf(format, args...)) }
-	f, err := os.Open(t.path)
-	if err != nil {
-		problem("cannot open: %v", err)
-		return r
-	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
 		problem("cannot stat: %v", err)
+		return r
+	}
+	if !fi.Mode().IsRegular() {
+		problem("not a regular file (%v)", fi.Mode().Type())
 		return r
 	}
 	if fi.Size() == 0 {
