@@ -38,9 +38,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
@@ -110,6 +113,12 @@ type RewrapOptions struct {
 	// far and the total. Calls are serialised.
 	Progress func(done, total int)
 	Logger   *slog.Logger // nil: discard
+	// Open opens one of the paths given to Rewrap with flags (O_NOFOLLOW
+	// is always among them; O_PATH asks for a handle on the entry
+	// itself). The caller's cipher tree knows how to reach a path without
+	// following a symlink or building a path longer than PATH_MAX; nil:
+	// os.OpenFile.
+	Open func(path string, flags int) (*os.File, error)
 }
 
 // RewrapFailure is one file a rewrap could not move.
@@ -281,32 +290,40 @@ func (r *rewrapRun) claim(fi os.FileInfo) bool {
 // openForRewrap opens a cipher file for reading and, unless dry, writing.
 // A file without write permission for its owner (a read-only plain file,
 // chmod 444) is opened by making it owner-writable for the open and
-// putting the mode back at once.
-func openForRewrap(path string, dry bool) (*os.File, error) {
+// putting the mode back at once, all through one handle on the entry, so
+// the mode lent and the file opened are the same inode.
+func openForRewrap(open func(string, int) (*os.File, error), path string, dry bool) (*os.File, error) {
+	if open == nil {
+		open = func(p string, flags int) (*os.File, error) { return os.OpenFile(p, flags, 0) }
+	}
 	flags := os.O_RDONLY
 	if !dry {
 		flags = os.O_RDWR
 	}
 	flags |= syscall.O_NOFOLLOW | syscall.O_CLOEXEC | syscall.O_NONBLOCK
-	f, err := os.OpenFile(path, flags, 0)
+	f, err := open(path, flags)
 	if err == nil || dry || !errors.Is(err, os.ErrPermission) {
 		return f, err
 	}
-	fi, serr := os.Lstat(path)
-	if serr != nil || !fi.Mode().IsRegular() || fi.Mode().Perm()&0o200 != 0 {
+	h, herr := open(path, unix.O_PATH|syscall.O_NOFOLLOW|syscall.O_CLOEXEC)
+	if herr != nil {
 		return nil, err
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || int(st.Uid) != os.Geteuid() {
+	defer h.Close()
+	var st unix.Stat_t
+	if serr := unix.Fstat(int(h.Fd()), &st); serr != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
+		st.Mode&0o200 != 0 || int(st.Uid) != os.Geteuid() {
 		return nil, err
 	}
-	if cerr := os.Chmod(path, fi.Mode().Perm()|0o200); cerr != nil {
+	perm := st.Mode & 0o7777
+	proc := "/proc/self/fd/" + strconv.Itoa(int(h.Fd())) // names the inode, never a symlink (checked regular)
+	if cerr := unix.Chmod(proc, perm|0o200); cerr != nil {
 		return nil, err
 	}
-	f, err = os.OpenFile(path, flags, 0)
-	if cerr := os.Chmod(path, fi.Mode().Perm()); cerr != nil && err == nil {
+	f, err = os.OpenFile(proc, flags&^syscall.O_NOFOLLOW, 0)
+	if cerr := unix.Chmod(proc, perm); cerr != nil && err == nil {
 		f.Close()
-		return nil, fmt.Errorf("restore mode %v of %s: %w", fi.Mode().Perm(), path, cerr)
+		return nil, fmt.Errorf("restore mode %o of %s: %w", perm, path, cerr)
 	}
 	return f, err
 }
@@ -316,7 +333,7 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 	if ctx.Err() != nil {
 		return fileResult{out: outSkipped} // stopped: the next run does it
 	}
-	f, err := openForRewrap(path, r.o.DryRun)
+	f, err := openForRewrap(r.o.Open, path, r.o.DryRun)
 	if errors.Is(err, os.ErrNotExist) {
 		return fileResult{out: outSkipped} // deleted since the walk
 	}

@@ -180,6 +180,9 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		DryRun:       req.DryRun,
 		Progress:     progress,
 		Logger:       env.log,
+		Open: func(path string, flags int) (*os.File, error) {
+			return cipherdir.OpenBeneath(env.dir, path, flags)
+		},
 	}
 	var total keymgr.RewrapStats
 	for pass := 0; ; pass++ {

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -261,4 +262,31 @@ func OpenDirPath(dirfd int, rel string) (int, error) {
 		fd = next
 	}
 	return fd, nil
+}
+
+// OpenBeneath opens path, a path inside the cipher directory dir (as
+// ListFiles gives them), one component at a time from dir's root: no
+// symlink is followed on the way or at the end, and a path longer than
+// PATH_MAX opens. flags get O_NOFOLLOW and O_CLOEXEC.
+func OpenBeneath(dir, path string, flags int) (*os.File, error) {
+	rel, err := filepath.Rel(dir, path)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil, &os.PathError{Op: "open", Path: path, Err: syscall.EINVAL}
+	}
+	root, err := OpenRoot(dir)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(root)
+	parent, name := filepath.Split(filepath.ToSlash(rel))
+	dirfd, err := OpenDirPath(root, parent)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(dirfd)
+	fd, err := OpenAt(dirfd, name, flags, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }

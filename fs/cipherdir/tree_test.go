@@ -465,3 +465,70 @@ func TestStatInfo(t *testing.T) {
 		t.Errorf("StatInfo.Sys: got %T", fi.Sys())
 	}
 }
+
+// TestOpenBeneath: a file below a path longer than PATH_MAX opens, and a
+// symlink on the way or at the end is refused.
+func TestOpenBeneath(t *testing.T) {
+	dir := t.TempDir()
+	rel := ""
+	for len(rel) < 5000 {
+		rel = filepath.Join(rel, strings.Repeat("d", 200))
+		if err := mkdirBeneath(dir, rel); err != nil {
+			t.Fatalf("mkdir %d bytes: %v", len(rel), err)
+		}
+	}
+	root, err := OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	dfd, err := OpenDirPath(root, rel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteNewFileAt(dfd, "f", 0o644, []byte("deep")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(dfd)
+	f, err := OpenBeneath(dir, filepath.Join(dir, rel, "f"), os.O_RDONLY)
+	if err != nil {
+		t.Fatalf("OpenBeneath a %d-byte path: %v", len(rel), err)
+	}
+	f.Close()
+
+	outside := t.TempDir()
+	if err := os.WriteFile(filepath.Join(outside, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "f"), filepath.Join(dir, "flink")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"link/f", "flink"} {
+		if f, err := OpenBeneath(dir, filepath.Join(dir, p), os.O_RDWR); err == nil {
+			f.Close()
+			t.Errorf("OpenBeneath %s: opened through a symlink", p)
+		}
+	}
+	if _, err := OpenBeneath(dir, filepath.Join(dir, "../x"), os.O_RDONLY); err == nil {
+		t.Errorf("OpenBeneath outside dir: got nil error")
+	}
+}
+
+// mkdirBeneath makes rel's last component below dir, by handles.
+func mkdirBeneath(dir, rel string) error {
+	root, err := OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	parent, name := filepath.Split(rel)
+	pfd, err := OpenDirPath(root, parent)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	return unix.Mkdirat(pfd, name, 0o755)
+}
