@@ -27,10 +27,12 @@ test: test-deps
 # The hot paths in isolation (chunk seal/open against raw AES-GCM, the DEK
 # cache and index lookups, content I/O), then the filesystem comparison of
 # docs/performance.md: plain disk, go-fuse's loopback, gocryptfs, securefs
-# and kmsfs mounted in turn, each on a fresh ext4, on the same workloads
-# (about 10 minutes; QUICK=1 for small sizes, ROUNDS=N, BENCH_DIR=DIR on
-# the disk to measure, BENCH_KMSFS_MOUNT_ARGS=--no-xattr). It needs
-# root (mounts, drop_caches); missing tools are installed first.
+# and kmsfs (encrypted names, and kmsfs-plainnames) mounted in turn, each
+# on a fresh ext4, on the same workloads (about 12 minutes; QUICK=1 for
+# small sizes, ROUNDS=N, BENCH_DIR=DIR on the disk to measure,
+# BENCH_KMSFS_MOUNT_ARGS=--no-xattr, BENCH_KMSFS_BASE=BIN to measure an
+# earlier kmsfs binary beside this one). It needs root (mounts,
+# drop_caches); missing tools are installed first.
 BENCH_GO ?= bin/bench-go.txt
 
 bench: bench-deps
