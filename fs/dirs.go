@@ -183,6 +183,28 @@ func (r *root) adoptDir(n *node, fd int, id []byte) {
 	closeAll(closing)
 }
 
+// peekChildDir returns the cached handle of directory name in n, with a
+// reference, or nil when the mount holds none (it opens nothing).
+func (r *root) peekChildDir(n *node, name string) *dirHandle {
+	ch := n.GetChild(name)
+	if ch == nil {
+		return nil
+	}
+	cn, ok := ch.Operations().(*node)
+	if !ok {
+		return nil
+	}
+	c := &r.dirs
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d := c.m[cn]
+	if d == nil {
+		return nil
+	}
+	d.refs++
+	return d
+}
+
 // putDir drops a reference from dirOf.
 func (r *root) putDir(d *dirHandle) {
 	if d.permanent {

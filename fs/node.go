@@ -614,11 +614,22 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		n.r.dropChildDir(n, name)
 		return 0
 	}
-	fd, err := cipherdir.OpenDirAt(l.d.fd, l.entry)
-	if err != nil {
-		return n.r.errno("rmdir", n.ino(), err)
+	// The victim's handle and ID: the cached ones when the mount has
+	// them (rm -r has just listed it), else opened and read here.
+	var fd int
+	var id []byte
+	var idErr error
+	if cd := n.r.peekChildDir(n, name); cd != nil {
+		defer n.r.putDir(cd)
+		fd = cd.fd
+		id, idErr = cd.ID(n.r.tree)
+	} else {
+		if fd, err = cipherdir.OpenDirAt(l.d.fd, l.entry); err != nil {
+			return n.r.errno("rmdir", n.ino(), err)
+		}
+		defer unix.Close(fd)
+		id, idErr = n.r.tree.ReadDirID(fd)
 	}
-	defer unix.Close(fd)
 	ents, err := cipherdir.ReadDirNames(fd)
 	if err != nil {
 		return n.r.errno("rmdir", n.ino(), err)
@@ -628,7 +639,6 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 			return syscall.ENOTEMPTY
 		}
 	}
-	id, idErr := n.r.tree.ReadDirID(fd)
 	if len(ents) > 0 {
 		if err := unix.Unlinkat(fd, cipherdir.DirIDName, 0); err != nil && err != syscall.ENOENT {
 			return n.r.errno("rmdir", n.ino(), err)
