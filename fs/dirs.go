@@ -115,19 +115,25 @@ func (r *root) dirOf(n *node) (*dirHandle, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &dirHandle{fd: fd, n: n, refs: 1, cached: true}
+	return c.insert(&dirHandle{fd: fd, n: n, refs: 1, cached: true}), nil
+}
+
+// insert caches d, a handle just opened, and returns it; when another
+// request cached n's handle in the meantime, d is closed and that one is
+// returned instead, with d's references.
+func (c *dirCache) insert(d *dirHandle) *dirHandle {
 	c.mu.Lock()
 	if c.m == nil {
 		c.m = make(map[*node]*dirHandle)
 	}
-	if old := c.m[n]; old != nil {
-		old.refs++
+	if old := c.m[d.n]; old != nil {
+		old.refs += d.refs
 		c.lru.MoveToFront(old.elem)
 		c.mu.Unlock()
-		unix.Close(fd)
-		return old, nil
+		unix.Close(d.fd)
+		return old
 	}
-	c.m[n] = d
+	c.m[d.n] = d
 	d.elem = c.lru.PushFront(d)
 	var closing []int
 	for c.lru.Len() > dirsMax {
@@ -135,7 +141,7 @@ func (r *root) dirOf(n *node) (*dirHandle, error) {
 	}
 	c.mu.Unlock()
 	closeAll(closing)
-	return d, nil
+	return d
 }
 
 // evictLocked takes d out of the cache; its fd is appended to closing
@@ -162,25 +168,7 @@ func closeAll(fds []int) {
 // adoptDir caches fd, a handle of the directory of node n just made with
 // ID id, instead of closing it and reopening it on first use.
 func (r *root) adoptDir(n *node, fd int, id []byte) {
-	d := &dirHandle{fd: fd, n: n, cached: true, id: id}
-	c := &r.dirs
-	c.mu.Lock()
-	if c.m == nil {
-		c.m = make(map[*node]*dirHandle)
-	}
-	if c.m[n] != nil {
-		c.mu.Unlock()
-		unix.Close(fd)
-		return
-	}
-	c.m[n] = d
-	d.elem = c.lru.PushFront(d)
-	var closing []int
-	for c.lru.Len() > dirsMax {
-		closing = c.evictLocked(c.lru.Back().Value.(*dirHandle), closing)
-	}
-	c.mu.Unlock()
-	closeAll(closing)
+	r.dirs.insert(&dirHandle{fd: fd, n: n, cached: true, id: id})
 }
 
 // peekChildDir returns the cached handle of directory name in n, with a

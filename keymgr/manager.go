@@ -401,8 +401,12 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 // unwrap tries each wrapped key of h in order and writes the first DEK that
 // unwraps into dek.
 func (m *Manager) unwrap(ctx context.Context, h crypto.Header, dek []byte) error {
+	what := "DEK of file " + h.FileID.String()
+	if h.FileID == crypto.NamesKeyID {
+		what = "names key" // FileContext gives it the names context
+	}
 	if len(h.Keys) == 0 {
-		return fmt.Errorf("unwrap DEK of file %s: header has no wrapped key: %w", h.FileID, crypto.ErrBadHeader)
+		return fmt.Errorf("unwrap %s: header has no wrapped key: %w", what, crypto.ErrBadHeader)
 	}
 	ec := FileContext(m.fsID, h.FileID)
 	var errs []error
@@ -411,7 +415,7 @@ func (m *Manager) unwrap(ctx context.Context, h crypto.Header, dek []byte) error
 		plain, err := m.provider.Decrypt(ctx, wk.KeyARN, wk.EDK, ec)
 		if err != nil {
 			m.kms.errors.Add(1)
-			errs = append(errs, fmt.Errorf("unwrap DEK of file %s with %s: %w", h.FileID, wk.KeyARN, err))
+			errs = append(errs, fmt.Errorf("unwrap %s with %s: %w", what, wk.KeyARN, err))
 			if ctx.Err() != nil {
 				break
 			}
@@ -419,8 +423,8 @@ func (m *Manager) unwrap(ctx context.Context, h crypto.Header, dek []byte) error
 		}
 		if len(plain) != crypto.DEKSize {
 			crypto.Zero(plain)
-			errs = append(errs, fmt.Errorf("unwrap DEK of file %s with %s: provider %s returned a %d-byte key, want %d",
-				h.FileID, wk.KeyARN, m.provider.Name(), len(plain), crypto.DEKSize))
+			errs = append(errs, fmt.Errorf("unwrap %s with %s: provider %s returned a %d-byte key, want %d",
+				what, wk.KeyARN, m.provider.Name(), len(plain), crypto.DEKSize))
 			continue
 		}
 		copy(dek, plain)

@@ -105,29 +105,9 @@ func (m *Manager) openNamesCopy(ctx context.Context, read func() (crypto.Header,
 	if h.FileID != crypto.NamesKeyID {
 		return nil, fmt.Errorf("header names file %s, not the names key (file ID %s): %w", h.FileID, crypto.NamesKeyID, crypto.ErrBadHeader)
 	}
-	if len(h.Keys) == 0 {
-		return nil, fmt.Errorf("header has no wrapped key: %w", crypto.ErrBadHeader)
+	key := make([]byte, crypto.NamesKeySize)
+	if err := m.unwrap(ctx, h, key); err != nil {
+		return nil, err
 	}
-	ec := NamesContext(m.fsID)
-	var errs []error
-	for _, wk := range h.Keys {
-		m.kms.decrypt.Add(1)
-		plain, err := m.provider.Decrypt(ctx, wk.KeyARN, wk.EDK, ec)
-		if err != nil {
-			m.kms.errors.Add(1)
-			errs = append(errs, fmt.Errorf("unwrap names key with %s: %w", wk.KeyARN, err))
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		if len(plain) != crypto.NamesKeySize {
-			crypto.Zero(plain)
-			errs = append(errs, fmt.Errorf("unwrap names key with %s: provider %s returned a %d-byte key, want %d",
-				wk.KeyARN, m.provider.Name(), len(plain), crypto.NamesKeySize))
-			continue
-		}
-		return plain, nil
-	}
-	return nil, joinErrors(errs)
+	return key, nil
 }

@@ -150,24 +150,13 @@ func ReadDirNames(dirfd int) ([]DirEntry, error) {
 	}
 }
 
+// direntType is the type of a getdents d_type (DT_X is S_IFX >> 12);
+// os.ModeIrregular for DT_UNKNOWN.
 func direntType(t uint8) os.FileMode {
-	switch t {
-	case unix.DT_REG:
-		return 0
-	case unix.DT_DIR:
-		return os.ModeDir
-	case unix.DT_LNK:
-		return os.ModeSymlink
-	case unix.DT_FIFO:
-		return os.ModeNamedPipe
-	case unix.DT_SOCK:
-		return os.ModeSocket
-	case unix.DT_CHR:
-		return os.ModeDevice | os.ModeCharDevice
-	case unix.DT_BLK:
-		return os.ModeDevice
+	if t == unix.DT_UNKNOWN {
+		return os.ModeIrregular
 	}
-	return os.ModeIrregular
+	return modeType(uint32(t) << 12)
 }
 
 // DirEntry is one entry of a cipher directory as getdents gives it.
