@@ -8,7 +8,9 @@ package integration
 // a clear fsck finding, never bytes the file did not hold at that place.
 // The undetectable cases (whole-file rollback, whole-file swap between
 // names, cutting all content, replay of one chunk's older version) are
-// tested to behave exactly as documented.
+// tested to behave exactly as documented. Every case runs on both kinds of
+// filesystem, names encrypted and plaintext names; the attacks on the
+// names themselves are in names_attack_test.go.
 
 import (
 	"bytes"
@@ -43,10 +45,21 @@ type atkEnv struct {
 	content map[string][]byte // plain content as written
 	older   map[string][]byte // content of the older copy (rollback cases)
 	oldCopy map[string][]byte // cipher bytes of the older copy
+	paths   map[string]string // plain name -> cipher path (kmsfs path)
 }
 
-func (a *atkEnv) cipher(name string) string { return filepath.Join(a.f.cipher, name) }
-func (a *atkEnv) plain(name string) string  { return filepath.Join(a.f.mnt, name) }
+// cipher is the cipher file of plain name, found once with kmsfs path.
+func (a *atkEnv) cipher(name string) string {
+	a.t.Helper()
+	if p, ok := a.paths[name]; ok {
+		return p
+	}
+	p := a.f.cipherPath(name)
+	a.paths[name] = p
+	return p
+}
+
+func (a *atkEnv) plain(name string) string { return filepath.Join(a.f.mnt, name) }
 
 func (a *atkEnv) read(name string) []byte {
 	a.t.Helper()
@@ -143,12 +156,16 @@ type attackCase struct {
 }
 
 func TestAttacks(t *testing.T) {
+	eachNameKind(t, testAttacks)
+}
+
+func testAttacks(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init("--chunk-size", fmt.Sprint(atkChunk))
+	f.initKind(k, "--chunk-size", fmt.Sprint(atkChunk))
 	// Tampered chunks, headers and index entries are logged at warning
 	// level by design.
 	f.allowLog = regexp.MustCompile(`chunk failed authentication|cannot open file key|unexpected error`)
-	a := &atkEnv{t: t, f: f, content: map[string][]byte{}, older: map[string][]byte{}, oldCopy: map[string][]byte{}}
+	a := &atkEnv{t: t, f: f, content: map[string][]byte{}, older: map[string][]byte{}, oldCopy: map[string][]byte{}, paths: map[string]string{}}
 
 	flip := func(off func(a *atkEnv, n string) int64) func(a *atkEnv, names []string) {
 		return func(a *atkEnv, names []string) {
@@ -248,7 +265,7 @@ func TestAttacks(t *testing.T) {
 			a.write(n[0], y)
 			a.write(n[1], x)
 		}, want: exactly(func(a *atkEnv, n []string) []byte { return a.content[n[1]] }),
-			detected: "not detected: names are not bound to content (format v1 stores names in clear); each file reads whole, never a mix"},
+			detected: "not detected: a name is not bound to the content of its entry (an encrypted name only to its directory, docs/format.md \"What leaks\"); each file reads whole, never a mix"},
 		{name: "copy-file-over-other", files: two, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.read(n[1]))
 		}, want: exactly(func(a *atkEnv, n []string) []byte { return a.content[n[1]] }),
@@ -380,11 +397,11 @@ func TestAttacks(t *testing.T) {
 	f.unmount()
 	other := f.sibling(filepath.Join(f.dir, "other-cipher"), filepath.Join(f.dir, "other-mnt"))
 	must(t, os.Mkdir(other.mnt, 0o755))
-	other.init("--chunk-size", fmt.Sprint(atkChunk))
+	other.initKind(k, "--chunk-size", fmt.Sprint(atkChunk))
 	other.mount()
 	must(t, os.WriteFile(filepath.Join(other.mnt, "foreign"), randBytes(t, atkSize), 0o644))
 	other.unmount()
-	a.oldCopy["foreign"], _ = os.ReadFile(filepath.Join(other.cipher, "foreign"))
+	a.oldCopy["foreign"], _ = os.ReadFile(other.cipherPath("foreign"))
 
 	for _, c := range cases {
 		c.tamper(a, names[c.name])
@@ -461,14 +478,17 @@ func TestAttacks(t *testing.T) {
 				}
 			}
 			if c.fsck != "" {
+				// fsck names the file by its cipher path (with plaintext
+				// names the same as the plain one), perhaps by both.
+				rel := strings.TrimPrefix(a.cipher(n[0]), f.cipher+"/")
 				found := false
 				for _, l := range strings.Split(fsckOut, "\n") {
-					if strings.Contains(l, n[0]) && strings.Contains(l, c.fsck) {
+					if (strings.Contains(l, rel) || strings.Contains(l, n[0])) && strings.Contains(l, c.fsck) {
 						found = true
 					}
 				}
 				if !found {
-					t.Errorf("fsck printed no line about %s containing %q; fsck output:\n%s", n[0], c.fsck, fsckOut)
+					t.Errorf("fsck printed no line about %s (%s) containing %q; fsck output:\n%s", n[0], rel, c.fsck, fsckOut)
 				}
 			}
 		})
@@ -482,8 +502,12 @@ func TestAttacks(t *testing.T) {
 // the index does not open, a mount moves it aside and every file still
 // reads exactly (from its header mirror), and fsck --repair rebuilds it.
 func TestAttackCorruptIndex(t *testing.T) {
+	eachNameKind(t, testAttackCorruptIndex)
+}
+
+func testAttackCorruptIndex(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	f.allowLog = regexp.MustCompile(`header index corrupt: moved aside`)
 	f.mount()
 	content := map[string][]byte{}
@@ -535,8 +559,12 @@ func must(t *testing.T, err error) {
 // dumpable (TestUnprivilegedUser "not dumpable"); dropped keys are zeroed
 // (keymgr TestCacheZeroing, TestPoolTakeZeroesItsSlot, TestCacheClose).
 func TestAttackKeysOutOfDumps(t *testing.T) {
+	eachNameKind(t, testAttackKeysOutOfDumps)
+}
+
+func testAttackKeysOutOfDumps(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	pid := f.mount()
 	if pid == 0 || !isOurMountProcess(pid) {
 		t.Fatalf("mount pid %d is not a kmsfs process", pid)

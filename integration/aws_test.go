@@ -199,7 +199,7 @@ func waitAudit(t *testing.T, f *fixture, op string, n int) {
 
 func diffCounts(after, before map[string]int) map[string]int {
 	d := map[string]int{}
-	for _, op := range []string{"GenerateDataKey", "Decrypt", "ReEncrypt", "DescribeKey"} {
+	for _, op := range []string{"GenerateDataKey", "Decrypt", "ReEncrypt", "DescribeKey", "names:GenerateDataKey", "names:Decrypt", "names:ReEncrypt"} {
 		d[op] = after[op] - before[op]
 	}
 	return d
@@ -267,7 +267,7 @@ func TestAWSMovedEDK(t *testing.T) {
 	writeFile(t, b, bData)
 	f.unmount()
 
-	cipherA, cipherB := filepath.Join(f.cipher, "a.txt"), filepath.Join(f.cipher, "b.txt")
+	cipherA, cipherB := f.cipherPath("a.txt"), f.cipherPath("b.txt")
 	hA, _ := readCipherHeader(t, cipherA)
 	hB, l := readCipherHeader(t, cipherB)
 	forged := crypto.Header{FileID: hB.FileID, Generation: hB.Generation + 1, Keys: hA.Keys}
@@ -594,6 +594,8 @@ func TestAWSOutage(t *testing.T) {
 // TestAWSCallCounts: one GenerateDataKey per created file (plus at most
 // the pool ahead) and no Decrypt; after a remount one Decrypt per file
 // read, none for a re-read; kmsfs status reports the audit log's counts.
+// Each mount of a filesystem with encrypted names also unwraps the names
+// key once (a Decrypt with purpose names), and nothing else of it.
 func TestAWSCallCounts(t *testing.T) {
 	const n = 1000
 	f, _ := newAWSFixture(t)
@@ -610,8 +612,8 @@ func TestAWSCallCounts(t *testing.T) {
 	// The pool's keys still waiting at unmount were generated for
 	// nothing: up to its largest target, to which a burst of creates
 	// that empties it grows it.
-	if d["GenerateDataKey"] < n || d["GenerateDataKey"] > n+keymgr.DefaultPoolSize || d["Decrypt"] != 0 || d["ReEncrypt"] != 0 || d["DescribeKey"] != 1 {
-		t.Errorf("KMS calls creating %d files: got %v; want %d..%d GenerateDataKey, 0 Decrypt, 0 ReEncrypt, 1 DescribeKey (mount)", n, d, n, n+keymgr.DefaultPoolSize)
+	if d["GenerateDataKey"] < n || d["GenerateDataKey"] > n+keymgr.DefaultPoolSize || d["Decrypt"] != 1 || d["names:Decrypt"] != 1 || d["ReEncrypt"] != 0 || d["DescribeKey"] != 1 {
+		t.Errorf("KMS calls creating %d files: got %v; want %d..%d GenerateDataKey, 1 Decrypt (the names key), 0 ReEncrypt, 1 DescribeKey (mount)", n, d, n, n+keymgr.DefaultPoolSize)
 	}
 
 	readAll := func(what string) {
@@ -627,13 +629,13 @@ func TestAWSCallCounts(t *testing.T) {
 	f.mount()
 	readAll("first read")
 	d = diffCounts(auditCounts(t, f), before)
-	if d["Decrypt"] != n || d["GenerateDataKey"] > keymgr.DefaultPoolStart || d["ReEncrypt"] != 0 || d["DescribeKey"] != 1 {
-		t.Errorf("KMS calls reading %d files after a remount: got %v; want %d Decrypt, at most %d GenerateDataKey (the pool's first fill), 0 ReEncrypt, 1 DescribeKey", n, d, n, keymgr.DefaultPoolStart)
+	if d["Decrypt"] != n+1 || d["names:Decrypt"] != 1 || d["GenerateDataKey"] > keymgr.DefaultPoolStart || d["ReEncrypt"] != 0 || d["DescribeKey"] != 1 {
+		t.Errorf("KMS calls reading %d files after a remount: got %v; want %d Decrypt (one per file and the names key's), at most %d GenerateDataKey (the pool's first fill), 0 ReEncrypt, 1 DescribeKey", n, d, n+1, keymgr.DefaultPoolStart)
 	}
 	readAll("re-read")
 	d = diffCounts(auditCounts(t, f), before)
-	if d["Decrypt"] != n {
-		t.Errorf("Decrypt calls after re-reading the cached files: got %d, want still %d", d["Decrypt"], n)
+	if d["Decrypt"] != n+1 {
+		t.Errorf("Decrypt calls after re-reading the cached files: got %d, want still %d", d["Decrypt"], n+1)
 	}
 
 	// kmsfs status counts the same from the audit log, mounted or not.

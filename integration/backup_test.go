@@ -177,16 +177,20 @@ func TestBackupSingleFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Where the backup holds each file and where it goes back: kmsfs
+	// path, as docs/backup.md says (with encrypted names the backup's
+	// cipher paths are the live directory's: same directory IDs).
+	inBackup := func(plain string) string { return filepath.Join(backup, f.cipherRel(plain)) }
 	// Restored while mounted, under a name the mount never looked up.
-	f.execOK(nil, "cp", "-a", filepath.Join(backup, "d2/sub/f5.bin"), filepath.Join(f.cipher, "d2/sub/f5-restored.bin"))
+	f.execOK(nil, "cp", "-a", inBackup("d2/sub/f5.bin"), f.cipherPath("d2/sub/f5-restored.bin"))
 	sum, err := fileSHA256(filepath.Join(f.mnt, "d2/sub/f5-restored.bin"))
 	if wantSum := want["d2/sub/f5.bin"].sum; err != nil || sum != wantSum {
 		t.Errorf("file restored into the mounted cipher dir: sha256 %x, %v; want %x", sum[:8], err, wantSum[:8])
 	}
 	f.unmount()
 	// Restored while unmounted, under its own name.
-	f.execOK(nil, "cp", "-a", filepath.Join(backup, "top.txt"), filepath.Join(f.cipher, "top.txt"))
-	if err := os.Rename(filepath.Join(f.cipher, "d2/sub/f5-restored.bin"), filepath.Join(f.cipher, "d2/sub/f5.bin")); err != nil {
+	f.execOK(nil, "cp", "-a", inBackup("top.txt"), f.cipherPath("top.txt"))
+	if err := os.Rename(f.cipherPath("d2/sub/f5-restored.bin"), f.cipherPath("d2/sub/f5.bin")); err != nil {
 		t.Fatal(err)
 	}
 	f.mount()
@@ -443,7 +447,7 @@ func TestVerifyFindsFlippedByte(t *testing.T) {
 	}
 	for i, pick := range picks {
 		rel := rels[rng.IntN(nFiles)]
-		p := filepath.Join(f.cipher, rel)
+		p := f.cipherPath(rel)
 		fi, err := os.Stat(p)
 		if err != nil {
 			t.Fatal(err)

@@ -188,6 +188,17 @@ type statusJSON struct {
 	} `json:"keys"`
 }
 
+// cipherPath is the cipher path of plain in cipher, from kmsfs path.
+func (c *cli) cipherPath(cipher, plain string) string {
+	c.t.Helper()
+	r := c.ok("path", cipher, plain)
+	p := strings.TrimSuffix(r.stdout, "\n")
+	if !strings.HasPrefix(p, cipher+"/") {
+		c.t.Fatalf("kmsfs path %s %s: got %q, want a path under %s", cipher, plain, r.stdout, cipher)
+	}
+	return p
+}
+
 func (c *cli) status(cipher string) statusJSON {
 	c.t.Helper()
 	r := c.ok("status", "--json", cipher)
@@ -243,9 +254,17 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Fatalf("%s still mounted after kmsfs unmount", mnt)
 	}
 
-	// The cipher tree mirrors the plain tree, without the plaintext.
+	// Each plain file has its cipher file (where kmsfs path says, under
+	// encrypted names), without the plaintext.
+	cipherOf := map[string]string{}
+	for name := range files {
+		cipherOf[name] = k.cipherPath(cipher, name)
+		if strings.Contains(strings.TrimPrefix(cipherOf[name], cipher), filepath.Base(name)) {
+			t.Errorf("cipher path of %s is %s: the plain name shows", name, cipherOf[name])
+		}
+	}
 	for name, b := range files {
-		c, err := os.ReadFile(filepath.Join(cipher, name))
+		c, err := os.ReadFile(cipherOf[name])
 		if err != nil {
 			t.Fatalf("cipher file of %s: %v", name, err)
 		}
@@ -296,7 +315,7 @@ func TestCLIEndToEnd(t *testing.T) {
 		t.Errorf("fsck: got %q, want 0 findings", r.stdout)
 	}
 	// Damage: an orphan (a cipher file removed behind kmsfs's back).
-	if err := os.Remove(filepath.Join(cipher, "name with space.x")); err != nil {
+	if err := os.Remove(cipherOf["name with space.x"]); err != nil {
 		t.Fatal(err)
 	}
 	if r := k.run("fsck", cipher); r.code != 1 || !strings.Contains(r.stdout, "orphan") {

@@ -4,7 +4,8 @@ package integration
 // disabled (access revoked) and the keyring gone while mounted, a full
 // disk, a read-only cipher directory, an index held by another process,
 // the mount point detached or missing, and SIGTERM/SIGINT during heavy
-// writes. The aws provider's network faults (KMS unreachable, slow,
+// writes, each on both kinds of filesystem (names encrypted and plaintext
+// names). The aws provider's network faults (KMS unreachable, slow,
 // throttling, access denied) are covered in keymgr by the fault-injecting
 // proxy: TestAWSHardOutage, TestAWSPersistentThrottling,
 // TestAWSRetriesRideOutFaults, TestAWSCallerCancels, TestAWSAccessDenied,
@@ -60,8 +61,12 @@ func errnoName(err error) string {
 // opened since the mount fail with EACCES; nothing already written is
 // harmed, and after `keys enable` everything reads as written.
 func TestFaultKeyDisabledWhileMounted(t *testing.T) {
+	eachNameKind(t, testFaultKeyDisabledWhileMounted)
+}
+
+func testFaultKeyDisabledWhileMounted(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	f.allowLog = regexp.MustCompile(`cannot open file key|KeyDisabled|key .*disabled`)
 	f.mount()
 	content := map[string][]byte{}
@@ -106,6 +111,16 @@ func TestFaultKeyDisabledWhileMounted(t *testing.T) {
 		must(t, fh.Sync())
 		must(t, fh.Close())
 	}
+	// Names need no call per file (the mount unwrapped the names key
+	// when it mounted): listing, lookups and directories go on.
+	if got, err := listNames(f.mnt); err != nil || len(got) != len(content) {
+		t.Errorf("list the root after keys disable: %q, %v; want the %d files", got, err, len(content))
+	}
+	if err := os.Mkdir(filepath.Join(f.mnt, "dir-after-disable"), 0o755); err != nil {
+		t.Errorf("mkdir after keys disable: %v", err)
+	} else {
+		must(t, os.Remove(filepath.Join(f.mnt, "dir-after-disable")))
+	}
 	// A new file is refused at once: `keys disable` told the mount, which
 	// dropped the data keys its pool had generated ahead under the key.
 	if err := os.WriteFile(filepath.Join(f.mnt, "new-after-disable"), []byte("new"), 0o644); !errors.Is(err, syscall.EACCES) {
@@ -138,8 +153,12 @@ func TestFaultKeyDisabledWhileMounted(t *testing.T) {
 // mounted: the provider keeps the keys it loaded (a failed reload is
 // logged), so uncached files still open; the mount goes on.
 func TestFaultKeyringGoneWhileMounted(t *testing.T) {
+	eachNameKind(t, testFaultKeyringGoneWhileMounted)
+}
+
+func testFaultKeyringGoneWhileMounted(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	f.allowLog = regexp.MustCompile(`keyring reload failed`)
 	f.mount()
 	want := randBytes(t, 9000)
@@ -160,7 +179,9 @@ func TestFaultKeyringGoneWhileMounted(t *testing.T) {
 // TestFaultDiskFull: the cipher directory on an 8 MiB tmpfs. Writes fail
 // with ENOSPC; the file being written reads as acknowledged, other files
 // are unharmed; once space is freed everything works again.
-func TestFaultDiskFull(t *testing.T) {
+func TestFaultDiskFull(t *testing.T) { eachNameKind(t, testFaultDiskFull) }
+
+func testFaultDiskFull(t *testing.T, k nameKind) {
 	requireKmsfs(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs")
@@ -178,7 +199,7 @@ func TestFaultDiskFull(t *testing.T) {
 		}
 	})
 	f.cipher = filepath.Join(small, "cipher")
-	f.init()
+	f.initKind(k)
 	f.allowLog = regexp.MustCompile(`no space left on device|unexpected error`)
 	f.mount()
 	a := randBytes(t, 1<<20)
@@ -304,13 +325,15 @@ func TestFaultDiskFull(t *testing.T) {
 // mount. kmsfs mount --ro serves it and reads work; writes give EROFS. A
 // read-write mount of it is refused with a clear message or also answers
 // writes with EROFS.
-func TestFaultReadOnlyCipherDir(t *testing.T) {
+func TestFaultReadOnlyCipherDir(t *testing.T) { eachNameKind(t, testFaultReadOnlyCipherDir) }
+
+func testFaultReadOnlyCipherDir(t *testing.T, k nameKind) {
 	requireKmsfs(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a read-only bind mount")
 	}
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	f.mount()
 	want := randBytes(t, 20000)
 	must(t, os.WriteFile(filepath.Join(f.mnt, "x"), want, 0o644))
@@ -389,9 +412,11 @@ func forceUnmountPath(f *fixture, mnt string) {
 // TestFaultIndexHeld: another process holds the header index: mount says
 // so in one line and changes nothing. (A second kmsfs mount of the same
 // cipher dir is TestCLIErrors "mounted elsewhere".)
-func TestFaultIndexHeld(t *testing.T) {
+func TestFaultIndexHeld(t *testing.T) { eachNameKind(t, testFaultIndexHeld) }
+
+func testFaultIndexHeld(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	ixDir := filepath.Join(f.cipher, ".kmsfs", "index")
 	ix, err := keymgr.OpenIndex(ixDir, keymgr.IndexOptions{})
 	must(t, err)
@@ -466,9 +491,11 @@ func snapshotSkip(t *testing.T, dir, skip string) string {
 // TestFaultMountpointGone: a mount point that does not exist is refused
 // in one line; a mount detached behind kmsfs's back (umount -l) makes the
 // mount process exit cleanly, and the cipher dir mounts again.
-func TestFaultMountpointGone(t *testing.T) {
+func TestFaultMountpointGone(t *testing.T) { eachNameKind(t, testFaultMountpointGone) }
+
+func testFaultMountpointGone(t *testing.T, k nameKind) {
 	f := newFixture(t)
-	f.init()
+	f.initKind(k)
 	_, stderr, code := f.run("mount", f.cipher, filepath.Join(f.dir, "no-such-dir"))
 	if code == 0 || strings.Count(stderr, "\n") != 1 || !strings.HasPrefix(stderr, "kmsfs: ") {
 		t.Errorf("mount on a missing mount point: exit %d, stderr %q; want non-zero and one kmsfs: line", code, stderr)
@@ -496,11 +523,17 @@ func TestFaultMountpointGone(t *testing.T) {
 // under heavy writes: the writers stop soon after the signal (as a shell
 // would when the user hits Ctrl-C), the mount unmounts cleanly and exits
 // 0, and every file closed (fsynced on close) before then reads exactly.
-func TestFaultSignalsDuringWrites(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+func TestFaultSignalsDuringWrites(t *testing.T) { eachNameKind(t, testFaultSignalsDuringWrites) }
+
+func testFaultSignalsDuringWrites(t *testing.T, k nameKind) {
+	sigs := []syscall.Signal{syscall.SIGTERM, syscall.SIGINT}
+	if !k.encrypted {
+		sigs = sigs[:1] // the signal handling is the same; one is enough here
+	}
+	for _, sig := range sigs {
 		t.Run(sig.String(), func(t *testing.T) {
 			f := newFixture(t)
-			f.init()
+			f.initKind(k)
 			logPath := filepath.Join(f.dir, "mount-f.log")
 			cmd := f.foreground(t, logPath)
 			var mu sync.Mutex

@@ -143,6 +143,8 @@ type fixture struct {
 	passphrase string
 	env        []string
 	owner      *testUser // non-nil: every command runs as this user
+	// plaintextNames: initKind made the filesystem with --plaintext-names.
+	plaintextNames bool
 	// allowLog matches mount.log lines of level WARN or ERROR the test
 	// expects; any other such line, a panic or a data race fails it.
 	allowLog *regexp.Regexp
@@ -237,7 +239,7 @@ func (f *fixture) sibling(cipher, mnt string) *fixture {
 	return &fixture{
 		t: f.t, dir: f.dir, cipher: cipher, mnt: mnt, home: f.home, runtime: f.runtime,
 		keyring: f.keyring, passphrase: f.passphrase, env: f.env, owner: f.owner,
-		allowLog: f.allowLog, mu: &sync.Mutex{}, mounts: map[string]int{},
+		allowLog: f.allowLog, mu: &sync.Mutex{}, mounts: map[string]int{}, plaintextNames: f.plaintextNames,
 	}
 }
 
@@ -333,6 +335,70 @@ func (f *fixture) kmsfs(args ...string) string {
 func (f *fixture) init(args ...string) {
 	f.t.Helper()
 	f.kmsfs(append(append([]string{"init"}, args...), f.cipher)...)
+}
+
+// nameKind is one kind of filesystem: names and symlink targets
+// encrypted (what kmsfs init makes by default) or stored as they are
+// (kmsfs init --plaintext-names, the cipher tree mirroring the plain
+// tree name for name).
+type nameKind struct {
+	name      string   // the subtest's name
+	initArgs  []string // what kmsfs init needs for it
+	encrypted bool
+}
+
+var nameKinds = []nameKind{
+	{name: "encrypted-names", encrypted: true},
+	{name: "plaintext-names", initArgs: []string{"--plaintext-names"}},
+}
+
+// eachNameKind runs fn as one subtest per kind of filesystem.
+func eachNameKind(t *testing.T, fn func(t *testing.T, k nameKind)) {
+	t.Helper()
+	for _, k := range nameKinds {
+		t.Run(k.name, func(t *testing.T) { fn(t, k) })
+	}
+}
+
+// initKind runs kmsfs init for a filesystem of kind k.
+func (f *fixture) initKind(k nameKind, args ...string) {
+	f.t.Helper()
+	f.init(append(append([]string(nil), k.initArgs...), args...)...)
+	f.plaintextNames = !k.encrypted
+}
+
+// cipherPath is the absolute path in the cipher directory of plain (a
+// path relative to the plain root), as `kmsfs path` prints it: the
+// directories above it must exist, the last component need not. With
+// plaintext names (initKind) it is f.cipher joined with plain, without a
+// run of kmsfs path (a quarter second each, for the keyring's KDF);
+// TestNamesDeepTree checks that kmsfs path says the same.
+func (f *fixture) cipherPath(plain string) string {
+	f.t.Helper()
+	if f.plaintextNames {
+		return filepath.Join(f.cipher, plain)
+	}
+	r := f.exec(nil, kmsfsBin, "path", f.cipher, plain)
+	p := strings.TrimSuffix(r.stdout, "\n")
+	if r.code != 0 || !strings.HasPrefix(p, f.cipher+"/") || strings.Contains(p, "\n") {
+		f.t.Fatalf("kmsfs path %s %s: exit %d\nstdout: %s\nstderr: %s", f.cipher, plain, r.code, r.stdout, r.stderr)
+	}
+	return p
+}
+
+// cipherRel is cipherPath relative to the cipher directory.
+func (f *fixture) cipherRel(plain string) string {
+	f.t.Helper()
+	return strings.TrimPrefix(f.cipherPath(plain), f.cipher+"/")
+}
+
+// isOwnCipherEntry reports whether name, an entry of a cipher directory
+// (any, not only the root), is kmsfs's own bookkeeping rather than the
+// cipher file of a plain file: a directory ID, the names key head, a long
+// name's side file.
+func isOwnCipherEntry(name string) bool {
+	return name == "kmsfs.dirid" || name == "kmsfs.names" ||
+		strings.HasPrefix(name, "kmsfs.long.") && strings.HasSuffix(name, ".name")
 }
 
 var pidRE = regexp.MustCompile(`\(pid (\d+)[;)]`)
@@ -897,8 +963,9 @@ func scanDirFor(t *testing.T, root string, n *needles, label func([]byte) string
 	return hits, files
 }
 
-// auditOps counts the audit log's lines per op and collects the file IDs
-// of successful GenerateDataKey calls.
+// auditOps counts the audit log's lines per op, and apart per purpose
+// and op ("names:Decrypt": the names key's) as well, and collects the file
+// IDs of successful GenerateDataKey calls.
 func auditOps(t *testing.T, cipher string) (ops map[string]int, generated map[string]bool) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(cipher, ".kmsfs", "audit.log"))
@@ -913,6 +980,7 @@ func auditOps(t *testing.T, cipher string) (ops map[string]int, generated map[st
 		var rec struct {
 			Op      string `json:"op"`
 			FileID  string `json:"file_id"`
+			Purpose string `json:"purpose"`
 			Outcome string `json:"outcome"`
 		}
 		if err := json.Unmarshal(line, &rec); err != nil {
@@ -920,6 +988,9 @@ func auditOps(t *testing.T, cipher string) (ops map[string]int, generated map[st
 			continue
 		}
 		ops[rec.Op]++
+		if rec.Purpose != "" {
+			ops[rec.Purpose+":"+rec.Op]++ // e.g. "names:Decrypt", counted in "Decrypt" too
+		}
 		if rec.Op == "GenerateDataKey" && rec.Outcome == "ok" {
 			generated[rec.FileID] = true
 		}

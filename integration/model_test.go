@@ -8,10 +8,14 @@ package integration
 // checkEvery operations the worker's whole subtree is compared.
 //
 // Several workers run at once, each in its own subdirectory with its own
-// seed. A failure prints the seed and the number of operations; replay it
-// alone with
+// seed. The model runs on both kinds of filesystem (subtests
+// encrypted-names and plaintext-names; the second gets a quarter of the
+// operations), and its namespace holds long names (an encoding longer
+// than 255 bytes: a side file) and names of 4-byte UTF-8 characters. A
+// failure prints the kind, the seed and the number of operations; replay
+// it alone with
 //
-//	go test ./integration -run 'TestModel$' -args -model.seed=N -model.ops=M
+//	go test ./integration -run 'TestModel/encrypted-names$' -args -model.seed=N -model.ops=M
 
 import (
 	"bytes"
@@ -35,7 +39,7 @@ import (
 
 var (
 	modelSeed    = flag.Int64("model.seed", 0, "TestModel: run one worker with this seed (0: several workers, seeds from the clock)")
-	modelOps     = flag.Int("model.ops", 0, "TestModel: operations in total (0: 200000, or 20000 with -short)")
+	modelOps     = flag.Int("model.ops", 0, "TestModel: operations in total on each kind of filesystem (0: 160000 on encrypted-names and a quarter on plaintext-names, a tenth of both with -short)")
 	modelWorkers = flag.Int("model.workers", 4, "TestModel: concurrent workers when -model.seed is not given")
 )
 
@@ -53,7 +57,16 @@ var modelNames = []string{
 	"d0/a", "d0/b", "d0/c",
 	"d1/a", "d1/b",
 	"d0/d2/a", "d0/d2/b",
+	modelLong, "d0/" + modelLong, "d1/" + modelUTF8,
 }
+
+// modelLong (200 bytes) and modelUTF8 (255 bytes, 4-byte characters) are
+// long names with encrypted names: stored as kmsfs.long.<hash> with a side
+// file, which renames, links and unlinks keep in step.
+var (
+	modelLong = strings.Repeat("long-", 40)
+	modelUTF8 = strings.Repeat("\U0001F600", 63) + "xyz"
+)
 
 var modelDirs = []string{"d0", "d1", "d0/d2", "d3"}
 
@@ -77,17 +90,26 @@ type modelWorker struct {
 }
 
 func TestModel(t *testing.T) {
+	eachNameKind(t, func(t *testing.T, k nameKind) {
+		total := *modelOps
+		if total == 0 {
+			total = 160000
+			if testing.Short() {
+				total = 16000
+			}
+			if !k.encrypted {
+				total /= 4
+			}
+		}
+		testModel(t, k, total)
+	})
+}
+
+func testModel(t *testing.T, k nameKind, total int) {
 	f := newFixture(t)
-	f.init("--chunk-size", fmt.Sprint(modelChunk))
+	f.initKind(k, "--chunk-size", fmt.Sprint(modelChunk))
 	f.mount()
 
-	total := *modelOps
-	if total == 0 {
-		total = 200000
-		if testing.Short() {
-			total = 20000
-		}
-	}
 	var seeds []int64
 	if *modelSeed != 0 {
 		seeds = []int64{*modelSeed}
@@ -126,8 +148,8 @@ func TestModel(t *testing.T) {
 	for _, w := range workers {
 		ops += w.op
 		if w.failed {
-			t.Errorf("model worker with seed %d failed at operation %d: %s\nlast operations:\n  %s\nreplay: go test ./integration -run 'TestModel$' -args -model.seed=%d -model.ops=%d",
-				w.seed, w.op, w.msg, strings.Join(w.lastOps, "\n  "), w.seed, w.op)
+			t.Errorf("model worker with seed %d failed at operation %d: %s\nlast operations:\n  %s\nreplay: go test ./integration -run 'TestModel/%s$' -args -model.seed=%d -model.ops=%d",
+				w.seed, w.op, w.msg, strings.Join(w.lastOps, "\n  "), k.name, w.seed, w.op)
 		}
 	}
 	t.Logf("%d operations by %d workers (seeds %v) in %s", ops, len(workers), seeds, time.Since(start).Round(time.Millisecond))

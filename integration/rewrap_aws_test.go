@@ -22,8 +22,8 @@ func TestRewrapAWS(t *testing.T) {
 	wantKeys(t, "at creation", f.status(), map[string]int{keyA + "@0": 30})
 
 	out := f.kmsfs("rewrap", f.cipher)
-	if _, rewrapped, _, _ := rewrapCounts(t, out); rewrapped != 30 || !strings.Contains(out, "rewrap epoch 1") {
-		t.Errorf("aws rewrap: %q, want 30 rewrapped to epoch 1", out)
+	if _, rewrapped, _, _ := rewrapCounts(t, out); rewrapped != 30+namesKeyHeads || !strings.Contains(out, "rewrap epoch 1") {
+		t.Errorf("aws rewrap: %q, want %d rewrapped to epoch 1 (30 files, the names key's heads)", out, 30+namesKeyHeads)
 	}
 	c := readConf(t, f.cipher)
 	if c["rewrap_epoch"] != float64(1) || c["rewrap_pending"] != nil {
@@ -38,8 +38,8 @@ func TestRewrapAWS(t *testing.T) {
 	f.mount()
 	more := writeFiles(t, filepath.Join(f.mnt, "more"), 4) // new files carry epoch 2: current
 	out = f.kmsfs("rewrap", f.cipher)
-	if files, rewrapped, current, _ := rewrapCounts(t, out); files != 34 || rewrapped != 30 || current != 4 || !strings.Contains(out, "epoch 2") {
-		t.Errorf("resumed aws rewrap through the mount: %q, want 30 rewrapped, 4 current at epoch 2", out)
+	if files, rewrapped, current, _ := rewrapCounts(t, out); files != 34+namesKeyHeads || rewrapped != 30+namesKeyHeads || current != 4 || !strings.Contains(out, "epoch 2") {
+		t.Errorf("resumed aws rewrap through the mount: %q, want %d rewrapped, 4 current at epoch 2", out, 30+namesKeyHeads)
 	}
 	readAll(t, "after the aws rewrap", f.mnt, sums)
 	f.unmount()
@@ -48,8 +48,8 @@ func TestRewrapAWS(t *testing.T) {
 	}
 
 	out = f.kmsfs("rewrap", "--to", lkAliasB, f.cipher)
-	if _, rewrapped, _, _ := rewrapCounts(t, out); rewrapped != 34 {
-		t.Errorf("aws migration: %q", out)
+	if _, rewrapped, _, _ := rewrapCounts(t, out); rewrapped != 34+namesKeyHeads {
+		t.Errorf("aws migration: %q, want %d rewrapped", out, 34+namesKeyHeads)
 	}
 	s := f.status()
 	if s.KeyARN != keyB || s.Key != lkAliasB {

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,10 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/hkdf"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	kfs "github.com/kmsfs/kmsfs/fs"
+	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -238,9 +242,11 @@ func dekNeedles(deks [][]byte) (*needles, func([]byte) string) {
 }
 
 // TestNoDEKOnDisk builds the real stack in this process (keyring, local
-// provider, audit log, index, cache, manager, FUSE mount) with a provider
-// that records every plaintext DEK, works 200 files through the mount,
-// shuts everything down and then looks for every DEK, raw, hex or base64,
+// provider, audit log, index, cache, manager, names key, FUSE mount) with a
+// provider that records every plaintext key it hands out (each file's DEK
+// and the names key), works 200 files through the mount of a filesystem
+// with encrypted names, shuts everything down and then looks for every
+// key, and the two keys derived from the names key, raw, hex or base64,
 // in every byte under the cipher dir and in the keyring file.
 func TestNoDEKOnDisk(t *testing.T) {
 	if fuseSkip != "" {
@@ -293,6 +299,18 @@ func TestNoDEKOnDisk(t *testing.T) {
 	prov := keymgr.NewAuditingProvider(rec, audit, nil)
 	layout := crypto.DefaultLayout()
 	fsID := hex.EncodeToString(randBytes(t, 16))
+	// As kmsfs init does: the root's directory ID; the names key is made
+	// by the first mountStack, and opened from its head by the others.
+	rootfd, err := cipherdir.OpenRoot(cipher)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cipherdir.WriteDirID(rootfd, randBytes(t, crypto.DirIDSize))
+	unix.Close(rootfd)
+	if err != nil {
+		t.Fatalf("root directory ID: %v", err)
+	}
+	var derived [][]byte // the name and target keys derived from the names key
 	// mountStack opens the index, a fresh cache and manager, and mounts;
 	// the returned func unmounts and closes them, once.
 	mountStack := func() (shutdown func()) {
@@ -324,8 +342,34 @@ func TestNoDEKOnDisk(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		mgr.Start(ctx)
-		server, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipher, Layout: layout, Keys: mgr, Logger: log}, kfs.MountOptions{})
+		var namesKey []byte
+		if derived == nil {
+			h, key, err := mgr.NewNamesKey(ctx)
+			if err == nil {
+				err = cipherdir.WriteNamesKey(cipher, layout, h)
+			}
+			if err != nil {
+				t.Fatalf("names key: %v", err)
+			}
+			namesKey = key
+			for _, info := range []string{"kmsfs v1 name", "kmsfs v1 symlink target"} {
+				k := make([]byte, 64)
+				if _, err := io.ReadFull(hkdf.New(sha256.New, key, []byte(fsID), []byte(info)), k); err != nil {
+					t.Fatal(err)
+				}
+				derived = append(derived, k)
+			}
+		} else if namesKey, err = mgr.OpenNamesKey(ctx, cipherdir.NamesKeyReaders(cipher, layout)...); err != nil {
+			t.Fatalf("OpenNamesKey: %v", err)
+		}
+		names, err := crypto.NewNameCipher(namesKey, fsID)
+		crypto.Zero(namesKey)
 		if err != nil {
+			t.Fatalf("NewNameCipher: %v", err)
+		}
+		server, err := kfs.Mount(mnt, kfs.Options{CipherDir: cipher, Layout: layout, Keys: mgr, Names: names, Logger: log}, kfs.MountOptions{})
+		if err != nil {
+			names.Zero()
 			cancel()
 			mgr.Close()
 			cache.Close()
@@ -354,6 +398,7 @@ func TestNoDEKOnDisk(t *testing.T) {
 					t.Errorf("server.Wait did not return 30 s after unmount")
 				}
 				cancel()
+				names.Zero()
 				for _, c := range []struct {
 					name  string
 					close func() error
@@ -460,7 +505,8 @@ func TestNoDEKOnDisk(t *testing.T) {
 			t.Errorf("DEK #%d: %d bytes, want %d", i, len(d), crypto.DEKSize)
 		}
 	}
-	n, label := dekNeedles(deks)
+	// The names key is among the recorded keys; its two derived keys last.
+	n, label := dekNeedles(append(deks, derived...))
 
 	// Self-check: the scanner finds a DEK in each encoding where one is.
 	probe := filepath.Join(t.TempDir(), "probe")
@@ -482,5 +528,5 @@ func TestNoDEKOnDisk(t *testing.T) {
 	if files < len(contents)+3 {
 		t.Errorf("scanned %d files under %s, want at least %d", files, base, len(contents)+3)
 	}
-	t.Logf("scanned %d files for %d DEKs (raw, hex, base64): %d hits", files, len(deks), len(hits))
+	t.Logf("scanned %d files for %d keys (raw, hex, base64; the DEKs, the names key and its 2 derived keys): %d hits", files, len(deks)+len(derived), len(hits))
 }

@@ -55,7 +55,11 @@ func TestTamper(t *testing.T) {
 	}
 	f.unmount()
 
-	cipherPath := func(n string) string { return filepath.Join(f.cipher, n) }
+	paths := map[string]string{}
+	for _, n := range names {
+		paths[n] = f.cipherPath(n)
+	}
+	cipherPath := func(n string) string { return paths[n] }
 	for _, n := range names {
 		fi, err := os.Stat(cipherPath(n))
 		if err != nil {
