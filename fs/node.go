@@ -813,6 +813,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	if err := unix.Renameat2(l1.d.fd, l1.entry, l2.d.fd, l2.entry, uint(flags)); err != nil {
 		finish(false)
+		if !exchange {
+			// A side file made for a target that still does not exist
+			// would be an orphan.
+			var st syscall.Stat_t
+			if _, serr := statAt(l2.d.fd, l2.entry, &st); serr == syscall.ENOENT {
+				n.r.tree.RemoveEntrySide(l2.d.fd, l2.entry, l2.encoded)
+			}
+		}
 		return n.r.errno("rename", n.ino(), err)
 	}
 	finish(true)

@@ -129,7 +129,7 @@ func runFsck(ctx context.Context, g *globals, arg string, repair bool, out, errw
 		seen: map[crypto.FileID]string{}, inodes: map[[2]uint64]bool{}, plainDirs: map[string]string{".": ""}}
 
 	indexPath := cipherdir.IndexDir(dir)
-	r.ix, err = keymgr.OpenIndex(indexPath, keymgr.IndexOptions{ReadOnly: !repair})
+	r.ix, err = openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: !repair})
 	switch {
 	case err == nil:
 	case errors.Is(err, keymgr.ErrIndexLocked):

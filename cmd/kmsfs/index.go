@@ -84,7 +84,7 @@ func runIndexBackup(dirArg, file string, out, errw io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: true})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: true})
 	switch {
 	case errors.Is(err, keymgr.ErrIndexLocked):
 		return indexMounted(dir, "back up its index (or back up the cipher directory itself: the index can be rebuilt from it)")
@@ -161,7 +161,7 @@ func runIndexRestore(dirArg, file string, out io.Writer, stdin io.Reader) error 
 		return err
 	}
 	// Refuse a mounted directory before reading anything.
-	if ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: true}); err == nil {
+	if ix, err := openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: true}); err == nil {
 		ix.Close()
 	} else if errors.Is(err, keymgr.ErrIndexLocked) {
 		return indexMounted(dir, "restore its index")
@@ -248,7 +248,7 @@ func runIndexRestore(dirArg, file string, out io.Writer, stdin io.Reader) error 
 // mounted, moved aside when it does not open, created when missing.
 func openIndexForRestore(dir string, st *restoreStats) (*keymgr.Index, error) {
 	path := cipherdir.IndexDir(dir)
-	ix, err := keymgr.OpenIndex(path, keymgr.IndexOptions{})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{})
 	switch {
 	case err == nil:
 		return ix, nil

@@ -220,7 +220,7 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	if err := roundTrip(ctx, prov, md.ARN, fsid); err != nil {
 		return err
 	}
-	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{})
 	if err != nil {
 		return fmt.Errorf("create header index %s: %w", cipherdir.IndexDir(dir), err)
 	}

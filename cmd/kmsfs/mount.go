@@ -231,7 +231,7 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 	if err != nil {
 		return err
 	}
-	if ix, err := keymgr.OpenIndex(cipherdir.IndexDir(t.cipherDir), keymgr.IndexOptions{ReadOnly: true}); err == nil {
+	if ix, err := openCipherIndex(t.cipherDir, keymgr.IndexOptions{ReadOnly: true}); err == nil {
 		ix.Close()
 	} else if errors.Is(err, keymgr.ErrIndexLocked) {
 		return errMountedElsewhere(t.cipherDir)
@@ -366,10 +366,7 @@ func errMountedElsewhere(dir string) error {
 // mirrors as they are opened.
 func openIndexHealing(dir string, log *slog.Logger) (*keymgr.Index, error) {
 	path := cipherdir.IndexDir(dir)
-	if err := cipherdir.CheckIndexDir(dir); err != nil {
-		return nil, err
-	}
-	ix, err := keymgr.OpenIndex(path, keymgr.IndexOptions{Logger: log})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{Logger: log})
 	switch {
 	case err == nil:
 		return ix, nil

@@ -298,7 +298,7 @@ func runRewrap(g *globals, f *rewrapFlags, arg string, out, errw io.Writer) erro
 		return err
 	}
 
-	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: f.dryRun})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: f.dryRun})
 	switch {
 	case err == nil:
 	case errors.Is(err, keymgr.ErrIndexLocked):

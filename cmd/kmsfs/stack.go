@@ -390,6 +390,21 @@ func fileIDString(id crypto.FileID, ok bool) string {
 	return id.String()
 }
 
+// openCipherIndex opens the header index of the cipher directory dir
+// after checking that neither .kmsfs nor the index is, or holds, a
+// symlink (badger opens its files by path and would follow one). An index
+// that is or holds one wraps keymgr.ErrIndexCorrupt, so it is moved aside
+// and rebuilt from the files like any corrupt index.
+func openCipherIndex(dir string, o keymgr.IndexOptions) (*keymgr.Index, error) {
+	if err := cipherdir.CheckIndexDir(dir); err != nil {
+		if errors.Is(err, cipherdir.ErrUnsafeIndex) {
+			return nil, fmt.Errorf("%w: %w", keymgr.ErrIndexCorrupt, err)
+		}
+		return nil, err
+	}
+	return keymgr.OpenIndex(cipherdir.IndexDir(dir), o)
+}
+
 // replaceIndex moves the index at path aside, if there is one, to
 // PATH.corrupt-<unix time> (with -2, -3, ... after it when a name is
 // taken: two repairs may fall in one second), and opens a fresh, empty

@@ -119,7 +119,7 @@ func statusOf(arg string) (statusReport, error) {
 		RewrapEpoch: conf.RewrapEpoch, RewrapPending: conf.RewrapPending,
 	}
 	var c counter
-	ix, err := keymgr.OpenIndex(cipherdir.IndexDir(dir), keymgr.IndexOptions{ReadOnly: true})
+	ix, err := openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: true})
 	if err == nil {
 		err = ix.ForEach(func(h crypto.Header) error { c.add(h); return nil })
 		ix.Close()

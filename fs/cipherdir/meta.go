@@ -9,6 +9,7 @@ package cipherdir
 // that appends to that file.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,11 +62,17 @@ func OpenMeta(dir, name string, flags int, perm uint32) (*os.File, error) {
 	return os.NewFile(uintptr(fd), path), nil
 }
 
+// ErrUnsafeIndex: the header index directory is a symlink or holds one.
+// The index is a cache of the files' header mirrors: callers treat it as
+// corrupt (moved aside, rebuilt).
+var ErrUnsafeIndex = errors.New("header index is or holds a symlink, which kmsfs never follows in a cipher directory")
+
 // CheckIndexDir verifies, before the header index is handed to badger
 // (which opens its files by path), that CIPHERDIR/.kmsfs/index is a
 // directory reached without a symlink and holds no symlink: badger would
 // follow one and write where it points. A missing index is fine (it is
-// created).
+// created). A symlinked .kmsfs is an error of its own (nothing can be
+// created under it safely: remove it).
 func CheckIndexDir(dir string) error {
 	path := IndexDir(dir)
 	mfd, err := openMetaDir(dir)
@@ -81,7 +88,7 @@ func CheckIndexDir(dir string) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("header index %s is not a directory (a symlink?): %w", path, err)
+		return fmt.Errorf("header index %s: %v: %w", path, err, ErrUnsafeIndex)
 	}
 	defer unix.Close(ifd)
 	ents, err := ReadDirNames(ifd)
@@ -90,7 +97,7 @@ func CheckIndexDir(dir string) error {
 	}
 	for _, e := range ents {
 		if e.Type == os.ModeSymlink {
-			return fmt.Errorf("header index %s holds a symlink, %s, which kmsfs never follows in a cipher directory: remove it, or run kmsfs fsck --repair to rebuild the index", path, e.Name)
+			return fmt.Errorf("header index %s: %s: %w", path, e.Name, ErrUnsafeIndex)
 		}
 	}
 	return nil
