@@ -234,6 +234,19 @@ func (c *NameCipher) EncryptTarget(target []byte, r io.Reader) (string, error) {
 	return b64.EncodeToString(append(nonce, ct...)), nil
 }
 
+// PlainTargetLen is the length of the plain target stored as an encoding
+// of encodedLen characters (what lstat reports as a cipher symlink's
+// size), so a symlink's plain size needs no readlink: base64 of n bytes is
+// ceil(4n/3) characters, so n = floor(3 * encodedLen / 4), less the nonce
+// and the synthetic IV. 0 for a length no valid encoding has.
+func PlainTargetLen(encodedLen int64) int64 {
+	n := 3*encodedLen/4 - targetNonceSize - sivSize
+	if n < 1 || n > MaxPlainTarget {
+		return 0
+	}
+	return n
+}
+
 // DecryptTarget decodes an encoded symlink target. Anything that is not an
 // encoded target is ErrBadName; one that fails authentication is ErrNameAuth.
 func (c *NameCipher) DecryptTarget(encoded string) ([]byte, error) {

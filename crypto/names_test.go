@@ -1038,3 +1038,26 @@ func xor16(a, b []byte) []byte {
 	}
 	return out
 }
+
+// TestPlainTargetLen: the plain length of a symlink target follows from
+// its encoded length, for every target length.
+func TestPlainTargetLen(t *testing.T) {
+	c, err := NewNameCipher(make([]byte, NamesKeySize), "4f0c1e8a9b2d4c6e8f1a3b5c7d9e0f12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= MaxPlainTarget; n++ {
+		enc, err := c.EncryptTarget(bytes.Repeat([]byte{'a'}, n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := PlainTargetLen(int64(len(enc))); got != int64(n) {
+			t.Fatalf("PlainTargetLen(%d) for a %d-byte target: got %d", len(enc), n, got)
+		}
+	}
+	for _, l := range []int64{0, 1, 42, 4096} {
+		if got := PlainTargetLen(l); got != 0 {
+			t.Errorf("PlainTargetLen(%d): got %d, want 0", l, got)
+		}
+	}
+}

@@ -376,6 +376,11 @@ func (r *root) plainSizeOf(cipherSize int64) int64 {
 // is read under its content lock, so it never shows a write half done.
 func (r *root) fillAttr(st *syscall.Stat_t, out *fuse.Attr) {
 	out.FromStat(st)
+	if st.Mode&syscall.S_IFMT == syscall.S_IFLNK && r.tree.Encrypted() {
+		// A symlink's size is its target's length: the plain one.
+		out.Size = uint64(crypto.PlainTargetLen(st.Size))
+		return
+	}
 	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
 		return
 	}

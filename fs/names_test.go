@@ -461,3 +461,26 @@ func TestSwappedFileSymlink(t *testing.T) {
 		}
 	})
 }
+
+// TestSymlinkSize: a symlink's size is its plain target's length, as
+// lstat(2) promises, on both kinds of filesystem.
+func TestSymlinkSize(t *testing.T) {
+	eachNames(t, func(t *testing.T, e *testFS) {
+		for _, target := range []string{"x", "divorce/secret-target", strings.Repeat("t", crypto.MaxPlainTarget)} {
+			link := e.p("l")
+			if err := os.Symlink(target, link); err != nil {
+				t.Fatal(err)
+			}
+			fi, err := os.Lstat(link)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Size() != int64(len(target)) {
+				t.Errorf("lstat size of a link to %d bytes: got %d", len(target), fi.Size())
+			}
+			if err := os.Remove(link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
