@@ -250,6 +250,13 @@ type loc struct {
 	encoded string
 }
 
+// entryMemo is a node's cipher entry for one (parent, name).
+type entryMemo struct {
+	parent         *node
+	name           string
+	entry, encoded string
+}
+
 // locate finds n's entry; the caller drops it with r.unlocate.
 func (r *root) locate(n *node) (loc, error) {
 	if n.IsRoot() {
@@ -263,19 +270,40 @@ func (r *root) locate(n *node) (loc, error) {
 	if !ok {
 		return loc{}, syscall.EIO
 	}
-	return r.locateChild(pn, name)
+	return r.locateIn(pn, name, n)
 }
 
-// locateChild finds the entry of name in directory node dir.
+// locateChild finds the entry of name in directory node dir (using the
+// child's memo when the kernel has the child).
 func (r *root) locateChild(dir *node, name string) (loc, error) {
+	var child *node
+	if r.tree.Encrypted() {
+		if ch := dir.GetChild(name); ch != nil {
+			child, _ = ch.Operations().(*node)
+		}
+	}
+	return r.locateIn(dir, name, child)
+}
+
+// locateIn finds the entry of name in dir; child, when not nil, is the
+// node of that name, whose memo may spare the encryption and is updated.
+func (r *root) locateIn(dir *node, name string, child *node) (loc, error) {
 	d, err := r.dirOf(dir)
 	if err != nil {
 		return loc{}, err
+	}
+	if child != nil {
+		if m := child.entry.Load(); m != nil && m.parent == dir && m.name == name {
+			return loc{d: d, entry: m.entry, encoded: m.encoded}, nil
+		}
 	}
 	entry, encoded, err := r.childName(d, name)
 	if err != nil {
 		r.putDir(d)
 		return loc{}, err
+	}
+	if child != nil && r.tree.Encrypted() {
+		child.entry.Store(&entryMemo{parent: dir, name: name, entry: entry, encoded: encoded})
 	}
 	return loc{d: d, entry: entry, encoded: encoded}, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -26,6 +27,11 @@ type node struct {
 	// tmp names the cipher inode of a file made by O_TMPFILE, which has
 	// no path to find it by until it is linked.
 	tmp *fileKey
+	// entry remembers the cipher entry of the node's name in its parent
+	// (dirs.go, locate): an encrypted name then costs one AES-SIV per
+	// lookup, not one per request. It is only used while the node's
+	// parent and name are those it was made for.
+	entry atomic.Pointer[entryMemo]
 }
 
 var (
@@ -76,7 +82,19 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	}
 	defer n.r.unlocate(l)
 	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
+	n.remember(ch, name, l)
 	return ch, errno
+}
+
+// remember gives ch, the node of name in n found or made at l, the memo
+// of its cipher entry (encrypted names only: a plain name is its entry).
+func (n *node) remember(ch *gofs.Inode, name string, l loc) {
+	if ch == nil || !n.r.tree.Encrypted() {
+		return
+	}
+	if cn, ok := ch.Operations().(*node); ok {
+		cn.entry.Store(&entryMemo{parent: n, name: name, entry: l.entry, encoded: l.encoded})
+	}
 }
 
 func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -454,6 +472,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	out.Attr.FromStat(&st)
 	out.Attr.Size = uint64(n.r.plainSizeOf(st.Size))
 	ch := n.NewInode(ctx, &node{r: n.r}, n.r.stableAttr(&st, gen))
+	n.remember(ch, name, l)
 	return ch, h, n.r.openFlags(h), 0
 }
 
@@ -571,6 +590,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	n.r.fillAttr(&st, &out.Attr)
 	child := &node{r: n.r}
 	ch := n.NewInode(ctx, child, n.r.stableAttr(&st, gen))
+	n.remember(ch, name, l)
 	// The handle just opened is the new directory's: keep it.
 	n.r.adoptDir(ch.Operations().(*node), fd, id)
 	return ch, 0
