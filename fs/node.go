@@ -937,7 +937,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 			return fail(syscall.ENOENT)
 		}
 		of.mu.Lock()
-		err := unix.Linkat(unix.AT_FDCWD, cipherdir.ProcPath(int(of.f.Fd())), l.d.fd, l.entry, unix.AT_SYMLINK_FOLLOW)
+		err := linkFd(int(of.f.Fd()), l.d.fd, l.entry)
 		if err == nil {
 			of.tmp = false
 		}
@@ -959,6 +959,19 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	}
 	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 	return ch, errno
+}
+
+// linkFd gives the open, unnamed file fd the name entry in dirfd: by the
+// fd itself (AT_EMPTY_PATH, which Linux allows a process with
+// CAP_DAC_READ_SEARCH, as a root mount has), else through the fd's /proc
+// link, the one way an unprivileged process can link an O_TMPFILE file
+// (the link names the fd's inode, never anything in the cipher directory).
+func linkFd(fd, dirfd int, entry string) error {
+	err := unix.Linkat(fd, "", dirfd, entry, unix.AT_EMPTY_PATH)
+	if err == unix.ENOENT || err == unix.EPERM {
+		err = unix.Linkat(unix.AT_FDCWD, cipherdir.ProcPath(fd), dirfd, entry, unix.AT_SYMLINK_FOLLOW)
+	}
+	return err
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

@@ -131,10 +131,18 @@ func openWriteOnly(dirfd int, entry string, flags int) (int, error) {
 	if err := cipherdir.ChmodFd(pfd, mode|0o400); err != nil {
 		return -1, syscall.EACCES
 	}
-	fd, err := openNoatime(pfd, ".", syscall.O_RDWR|flags)
+	fd, err := openNoatime(dirfd, entry, syscall.O_RDWR|flags)
 	if err != nil {
 		cipherdir.ChmodFd(pfd, mode)
 		return -1, err
+	}
+	// The name may have changed hands in between: the file opened must
+	// be the inode lent the mode.
+	var fst syscall.Stat_t
+	if err := syscall.Fstat(fd, &fst); err != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
+		syscall.Close(fd)
+		cipherdir.ChmodFd(pfd, mode)
+		return -1, syscall.EACCES
 	}
 	if err := syscall.Fchmod(fd, mode); err != nil {
 		syscall.Close(fd)
@@ -143,21 +151,12 @@ func openWriteOnly(dirfd int, entry string, flags int) (int, error) {
 	return fd, nil
 }
 
-// openNoatime opens entry in dirfd (never following a symlink; "." with
-// an O_PATH handle of a file reopens that file) with O_NOATIME when
-// allowed (owner or root): reading a file's head at open must not touch
-// its atime, or a stat before and after an open would differ. Content
-// reads then leave atime alone as well, as on a noatime mount.
+// openNoatime opens entry in dirfd (never following a symlink) with
+// O_NOATIME when allowed (owner or root): reading a file's head at open
+// must not touch its atime, or a stat before and after an open would
+// differ. Content reads then leave atime alone as well, as on a noatime
+// mount.
 func openNoatime(dirfd int, entry string, flags int) (int, error) {
-	if entry == "." {
-		// Reopen the file an O_PATH handle names, through its /proc
-		// link (openat(fd, ".") would want a directory).
-		fd, err := unix.Open(cipherdir.ProcPath(dirfd), flags|syscall.O_NOATIME|unix.O_CLOEXEC, 0)
-		if err == syscall.EPERM {
-			fd, err = unix.Open(cipherdir.ProcPath(dirfd), flags|unix.O_CLOEXEC, 0)
-		}
-		return fd, err
-	}
 	fd, err := cipherdir.OpenAt(dirfd, entry, flags|syscall.O_NOATIME, 0)
 	if err == syscall.EPERM {
 		fd, err = cipherdir.OpenAt(dirfd, entry, flags, 0)
