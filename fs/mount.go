@@ -411,61 +411,6 @@ func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
 // changes; asked once instead of on every create).
 var runsAsRoot = os.Geteuid() == 0
 
-// preserveOwner gives a new entry (entry in dirfd) its creator as owner
-// when the mount runs as root (the cipher files are then created by root).
-func preserveOwner(ctx context.Context, dirfd int, entry string) error {
-	if !runsAsRoot {
-		return nil
-	}
-	caller, ok := fuse.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	return fchownAt(dirfd, entry, int(caller.Uid), int(caller.Gid))
-}
-
-// preserveOwnerFdPath is preserveOwner for a new directory open as an
-// O_PATH handle fd.
-func preserveOwnerFdPath(ctx context.Context, fd int) error {
-	if !runsAsRoot {
-		return nil
-	}
-	caller, ok := fuse.FromContext(ctx)
-	if !ok {
-		return nil
-	}
-	return unix.Fchownat(fd, "", int(caller.Uid), int(caller.Gid), unix.AT_EMPTY_PATH)
-}
-
-// preserveOwnerFd is preserveOwner for a new file open as fd whose
-// attributes are st: it changes the owner only when it is not the
-// creator's already (a root process creating files needs no chown), and
-// updates st.
-func preserveOwnerFd(ctx context.Context, fd int, st *syscall.Stat_t) error {
-	if !runsAsRoot {
-		return nil
-	}
-	caller, ok := fuse.FromContext(ctx)
-	if !ok || (st.Uid == caller.Uid && st.Gid == caller.Gid) {
-		return nil
-	}
-	if err := syscall.Fchown(fd, int(caller.Uid), int(caller.Gid)); err != nil {
-		return err
-	}
-	st.Uid, st.Gid = caller.Uid, caller.Gid
-	return nil
-}
-
-// fixModeFd is fixMode for a new regular file open as fd.
-func fixModeFd(fd int, st *syscall.Stat_t, mode uint32) {
-	if st.Mode&0o777 != mode&0o777 {
-		want := st.Mode&0o7000 | mode&0o777
-		if syscall.Fchmod(fd, want) == nil {
-			st.Mode = st.Mode&^0o7777 | want
-		}
-	}
-}
-
 // hasSetID reports mode bits that a write or truncate by an unprivileged
 // user clears: set-user-ID, and set-group-ID on a group-executable file.
 func hasSetID(mode uint32) bool {
@@ -504,15 +449,4 @@ func clearSetID(mode uint32) uint32 {
 		mode &^= syscall.S_ISGID
 	}
 	return mode & 0o7777
-}
-
-// fixMode undoes our own umask on a new entry (entry in dirfd): the
-// kernel has applied the caller's already.
-func fixMode(dirfd int, entry string, st *syscall.Stat_t, mode uint32) {
-	if st.Mode&0o777 != mode&0o777 && st.Mode&syscall.S_IFMT != syscall.S_IFLNK {
-		want := st.Mode&0o7000 | mode&0o777
-		if cipherdir.ChmodAt(dirfd, entry, want) == nil {
-			st.Mode = st.Mode&^0o7777 | want
-		}
-	}
 }

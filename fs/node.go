@@ -376,6 +376,13 @@ func isWrite(flags uint32) bool {
 
 // open makes a handle on the cipher file at l.
 func (r *root) open(ctx context.Context, l loc, ino uint64, flags uint32) (*handle, syscall.Errno) {
+	return r.openChecked(ctx, l, ino, flags, nil)
+}
+
+// openChecked is open that, when check is not nil, asks check about the
+// attributes of the file it opened before the handle is made or the file
+// truncated.
+func (r *root) openChecked(ctx context.Context, l loc, ino uint64, flags uint32, check func(*syscall.Stat_t) syscall.Errno) (*handle, syscall.Errno) {
 	trunc := flags&syscall.O_TRUNC != 0
 	write := isWrite(flags) || trunc
 	if write && r.ro {
@@ -384,6 +391,22 @@ func (r *root) open(ctx context.Context, l loc, ino uint64, flags uint32) (*hand
 	of, keep, err := r.acquireKeep(ctx, l, write)
 	if err != nil {
 		return nil, r.errno("open", ino, err)
+	}
+	if check != nil {
+		var st syscall.Stat_t
+		of.mu.RLock()
+		err := syscall.Fstat(int(of.f.Fd()), &st)
+		of.mu.RUnlock()
+		errno := syscall.Errno(0)
+		if err != nil {
+			errno = r.errno("open", ino, err)
+		} else {
+			errno = check(&st)
+		}
+		if errno != 0 {
+			r.release(of)
+			return nil, errno
+		}
 	}
 	h := &handle{r: r, of: of, write: isWrite(flags), append: flags&syscall.O_APPEND != 0, keepCache: keep && !trunc}
 	if trunc {
@@ -412,16 +435,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	fd, err := cipherdir.OpenAt(l.d.fd, l.entry, syscall.O_RDWR|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOATIME, mode&0o7777)
 	if err == syscall.EEXIST && flags&syscall.O_EXCL == 0 {
-		h, errno := n.r.open(ctx, l, n.ino(), flags)
-		if errno != 0 {
-			return nil, nil, 0, errno
-		}
-		ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
-		if errno != 0 {
-			n.r.release(h.of)
-			return nil, nil, 0, errno
-		}
-		return ch, h, n.r.openFlags(h), 0
+		return n.createExisting(ctx, l, name, flags, out)
 	}
 	if err != nil {
 		if err != syscall.EEXIST {
@@ -442,8 +456,12 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		undo()
 		return nil, nil, 0, n.r.errno("create", n.ino(), err)
 	}
-	fixModeFd(fd, &st, mode)
-	if err := preserveOwnerFd(ctx, fd, &st); err != nil {
+	o, err := ownerOfNew(ctx, l.d.fd, &st, mode)
+	if err == nil {
+		err = o.apply(&st, func(uid, gid int) error { return syscall.Fchown(fd, uid, gid) },
+			func(mode uint32) error { return syscall.Fchmod(fd, mode) })
+	}
+	if err != nil {
 		n.r.log.Warn("cannot give new file to its creator", "op", "create", "inode", st.Ino, "err", err.Error())
 	}
 	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
@@ -476,6 +494,48 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	return ch, h, n.r.openFlags(h), 0
 }
 
+// createExisting answers a CREATE whose name is already taken in the
+// cipher directory: an entry made behind the mount while the kernel kept
+// a negative entry for the name (without O_EXCL; with it, EEXIST). The
+// kernel takes any successful CREATE reply for a file it made, so it runs
+// neither its permission check (even with default_permissions) nor the
+// O_TRUNC truncation on it; the FUSE reply has no flag to say otherwise
+// (FOPEN_* as of go-fuse v2.12). The check is made here, as the kernel
+// would for an open(2) of the name (perm.go): a directory is EISDIR, and
+// the access the flags ask for, checked against the file's owner and
+// mode with the caller's fsuid and groups, before anything is opened,
+// and again on the file opened, before it is truncated.
+func (n *node) createExisting(ctx context.Context, l loc, name string, flags uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	q, ok := requesterOf(ctx)
+	check := func(st *syscall.Stat_t) syscall.Errno {
+		if st.Mode&syscall.S_IFMT == syscall.S_IFDIR {
+			return syscall.EISDIR
+		}
+		if ok && !q.mayAccess(st, openAccess(flags)) {
+			return syscall.EACCES
+		}
+		return 0
+	}
+	var st syscall.Stat_t
+	if _, err := statAt(l.d.fd, l.entry, &st); err != nil {
+		return nil, nil, 0, n.r.errno("create", n.ino(), err)
+	}
+	if errno := check(&st); errno != 0 {
+		return nil, nil, 0, errno
+	}
+	h, errno := n.r.openChecked(ctx, l, n.ino(), flags, check)
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
+	if errno != 0 {
+		n.r.release(h.of)
+		return nil, nil, 0, errno
+	}
+	n.remember(ch, name, l)
+	return ch, h, n.r.openFlags(h), 0
+}
+
 // Tmpfile makes an unnamed file (open(2) with O_TMPFILE): a cipher file
 // made the same way, with its header, that gets a name only if linked.
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
@@ -487,21 +547,25 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
 	}
 	fd, err := cipherdir.OpenAt(d.fd, ".", unix.O_TMPFILE|syscall.O_RDWR|syscall.O_NOATIME, mode&0o7777)
-	n.r.putDir(d)
 	if err != nil {
+		n.r.putDir(d)
 		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
 	}
 	var st syscall.Stat_t
 	gen, err := fstatGen(fd, &st)
 	if err != nil {
+		n.r.putDir(d)
 		syscall.Close(fd)
 		return nil, nil, 0, n.r.errno("tmpfile", n.ino(), err)
 	}
-	if caller, ok := fuse.FromContext(ctx); ok && runsAsRoot {
-		syscall.Fchown(fd, int(caller.Uid), int(caller.Gid))
+	o, err := ownerOfNew(ctx, d.fd, &st, mode)
+	n.r.putDir(d)
+	if err == nil {
+		err = o.apply(&st, func(uid, gid int) error { return syscall.Fchown(fd, uid, gid) },
+			func(mode uint32) error { return syscall.Fchmod(fd, mode) })
 	}
-	if st.Mode&0o777 != mode&0o777 {
-		syscall.Fchmod(fd, st.Mode&0o7000|mode&0o777)
+	if err != nil {
+		n.r.log.Warn("cannot give new file to its creator", "op", "tmpfile", "inode", st.Ino, "err", err.Error())
 	}
 	f := os.NewFile(uintptr(fd), "cipher inode "+strconv.FormatUint(st.Ino, 10))
 	of, ok := n.r.newOpenFile(f, &st, gen)
@@ -572,16 +636,15 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		undo()
 	}
 	var st syscall.Stat_t
-	if err := preserveOwnerFdPath(ctx, fd); err != nil {
-		undoDir()
-		return nil, n.r.errno("chown", n.ino(), err)
-	}
 	gen, err := fstatGen(fd, &st)
-	if err == nil && st.Mode&0o7777 != mode&0o7777 {
-		want := st.Mode&0o7000 | mode&0o777
-		if err = cipherdir.ChmodFd(fd, want); err == nil {
-			st.Mode = st.Mode&^0o7777 | want
-		}
+	if err != nil {
+		undoDir()
+		return nil, n.r.errno("mkdir", n.ino(), err)
+	}
+	o, err := ownerOfNew(ctx, l.d.fd, &st, mode)
+	if err == nil {
+		err = o.apply(&st, func(uid, gid int) error { return unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH) },
+			func(mode uint32) error { return cipherdir.ChmodFd(fd, mode) })
 	}
 	if err != nil {
 		undoDir()
@@ -599,16 +662,23 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 // finishNew gives a new entry made by name in l its owner and mode and
 // makes its inode; undo removes it on failure.
 func (n *node) finishNew(ctx context.Context, l loc, mode uint32, out *fuse.EntryOut, undo func()) (*gofs.Inode, syscall.Errno) {
-	if err := preserveOwner(ctx, l.d.fd, l.entry); err != nil {
-		undo()
-		return nil, n.r.errno("chown", n.ino(), err)
-	}
 	var st syscall.Stat_t
 	if _, err := statAt(l.d.fd, l.entry, &st); err != nil {
 		undo()
 		return nil, n.r.errno("lookup", n.ino(), err)
 	}
-	fixMode(l.d.fd, l.entry, &st, mode)
+	o, err := ownerOfNew(ctx, l.d.fd, &st, mode)
+	if err == nil {
+		chmod := func(mode uint32) error { return cipherdir.ChmodAt(l.d.fd, l.entry, mode) }
+		if st.Mode&syscall.S_IFMT == syscall.S_IFLNK {
+			chmod = nil
+		}
+		err = o.apply(&st, func(uid, gid int) error { return fchownAt(l.d.fd, l.entry, uid, gid) }, chmod)
+	}
+	if err != nil {
+		undo()
+		return nil, n.r.errno("create", n.ino(), err)
+	}
 	ch, _, errno := n.newChild(ctx, l.d, l.entry, out)
 	return ch, errno
 }
