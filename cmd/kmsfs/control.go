@@ -20,9 +20,16 @@ package main
 // then exactly one {"type":"result",...} or {"type":"error","error":"..."},
 // and closes the connection. A client that hangs up cancels its rewrap
 // (which resumes at the next run). One rewrap runs at a time per mount.
+//
+// The server trusts no client to be well-behaved: a request line longer
+// than controlMaxRequest, or not complete within controlRequestTimeout of
+// the connection, gets an error line and the connection is closed; at
+// most controlMaxConns connections are served at once, and one more gets
+// a "busy" error line and is closed at once.
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,8 +53,19 @@ const (
 	controlProgressEvery = 100 * time.Millisecond
 	// controlDialTimeout bounds connecting and sending a request.
 	controlDialTimeout = 5 * time.Second
-	// controlMaxLine bounds one protocol line.
+	// controlMaxLine bounds one protocol line the client reads.
 	controlMaxLine = 4 << 20
+	// controlMaxRequest bounds the request line the server reads: a
+	// request is a few hundred bytes (the largest, rewrap, names a key
+	// ARN and a few numbers).
+	controlMaxRequest = 64 << 10
+	// controlRequestTimeout bounds the time from accept to the end of
+	// the request line, so a client that trickles bytes (or none) holds
+	// a connection slot for no longer.
+	controlRequestTimeout = controlDialTimeout
+	// controlMaxConns bounds the connections served at once: one
+	// rewrap and a few status or ping calls are the normal load.
+	controlMaxConns = 8
 )
 
 // Control operations.
@@ -129,6 +147,10 @@ type controlServer struct {
 	conf cipherdir.Config
 
 	busy sync.Mutex // held by the running rewrap
+
+	slots      chan struct{} // one token per connection being served
+	reqTimeout time.Duration // controlRequestTimeout unless a test sets it
+	maxRequest int           // controlMaxRequest unless a test sets it
 }
 
 type controlOptions struct {
@@ -140,6 +162,12 @@ type controlOptions struct {
 	Manager   *keymgr.Manager
 	Reload    func() error
 	Logger    *slog.Logger
+
+	// Limits; zero means the default (controlMaxConns,
+	// controlRequestTimeout, controlMaxRequest). Tests make them small.
+	MaxConns       int
+	RequestTimeout time.Duration
+	MaxRequest     int
 }
 
 // startControl listens on o.Path (a stale socket there is replaced) and
@@ -164,6 +192,9 @@ func startControl(o controlOptions) (*controlServer, error) {
 		path: o.Path, ln: ln, log: o.Logger.With("component", "control"), dir: o.CipherDir,
 		prov: o.Provider, ix: o.Index, mgr: o.Manager, reload: o.Reload,
 		ctx: ctx, cancel: cancel, conf: o.Conf,
+		slots:      make(chan struct{}, cmp.Or(o.MaxConns, controlMaxConns)),
+		reqTimeout: cmp.Or(o.RequestTimeout, controlRequestTimeout),
+		maxRequest: cmp.Or(o.MaxRequest, controlMaxRequest),
 	}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -180,13 +211,47 @@ func (s *controlServer) acceptLoop() {
 			}
 			return
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Answered here, without a goroutine: a fresh socket's
+			// buffer takes one short line at once.
+			s.log.Warn("control connection refused: too many at once", "max", cap(s.slots))
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = json.NewEncoder(c).Encode(controlResponse{Type: "error", Error: fmt.Sprintf("mount busy: %d control connections already open: try again when one ends", cap(s.slots))})
+			c.Close()
+			continue
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			defer c.Close()
 			s.handle(c)
 		}()
 	}
+}
+
+// errRequestTooLarge: a request line longer than the server reads.
+var errRequestTooLarge = errors.New("control request too large")
+
+// readRequestLine reads one line of at most max bytes (newline included)
+// from br: errRequestTooLarge once more arrive without a newline.
+func readRequestLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for len(line) <= max { // each round consumes at least one byte or ends
+		part, err := br.ReadSlice('\n')
+		line = append(line, part...)
+		switch {
+		case len(line) > max:
+			return nil, errRequestTooLarge
+		case err == nil:
+			return line, nil
+		case !errors.Is(err, bufio.ErrBufferFull):
+			return nil, err
+		}
+	}
+	return nil, errRequestTooLarge
 }
 
 // Close stops accepting, cancels a running rewrap (it resumes at the next
@@ -230,11 +295,21 @@ func (s *controlServer) handle(c *net.UnixConn) {
 		_ = send(controlResponse{Type: "error", Error: "permission denied: only the mount's own user may control it"})
 		return
 	}
-	_ = c.SetReadDeadline(time.Now().Add(controlDialTimeout))
-	br := bufio.NewReaderSize(c, 64<<10)
-	line, err := br.ReadBytes('\n')
-	if err != nil {
+	_ = c.SetReadDeadline(time.Now().Add(s.reqTimeout))
+	br := bufio.NewReaderSize(c, 4<<10)
+	line, err := readRequestLine(br, s.maxRequest)
+	var ne net.Error
+	switch {
+	case errors.Is(err, errRequestTooLarge):
+		s.log.Warn("control request refused: too large", "max_bytes", s.maxRequest)
+		_ = send(controlResponse{Type: "error", Error: fmt.Sprintf("control request larger than %d bytes: send one JSON line (kmsfs and its mount of different versions?)", s.maxRequest)})
 		return
+	case errors.As(err, &ne) && ne.Timeout():
+		s.log.Warn("control request refused: not complete in time", "timeout", s.reqTimeout)
+		_ = send(controlResponse{Type: "error", Error: fmt.Sprintf("no complete control request within %s: send one JSON line at once", s.reqTimeout)})
+		return
+	case err != nil:
+		return // the client hung up before asking anything
 	}
 	_ = c.SetReadDeadline(time.Time{})
 	var req controlRequest
