@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Names inside a cipher directory (docs/format.md, "Cipher directory").
@@ -60,42 +62,159 @@ func IsCipherDir(dir string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// ChooseRuntimeDir picks the directory for mount records without touching
-// the disk beyond the exists probe: $XDG_RUNTIME_DIR/kmsfs, else
-// /run/user/UID/kmsfs when /run/user/UID exists, else TMPDIR/kmsfs-UID.
-func ChooseRuntimeDir(xdgRuntimeDir string, uid int, tempDir string, exists func(string) bool) string {
+// runtimeSpot is one place the runtime directory may live: the entry name
+// in the directory base.
+type runtimeSpot struct {
+	base, name string
+	// owned: base must belong to the effective user (XDG_RUNTIME_DIR,
+	// /run/user/UID); otherwise root may own it too, and it may be
+	// writable by others if sticky (/tmp), where nobody else can rename
+	// or remove the entry kmsfs makes.
+	owned bool
+}
+
+// runtimeSpots lists, in order of preference, where the runtime directory
+// may live: $XDG_RUNTIME_DIR/kmsfs, /run/user/UID/kmsfs, then
+// TMPDIR/kmsfs-UID and /tmp/kmsfs-UID.
+func runtimeSpots(xdgRuntimeDir string, uid int, runUser string, tempDirs ...string) []runtimeSpot {
+	var out []runtimeSpot
 	if xdgRuntimeDir != "" && filepath.IsAbs(xdgRuntimeDir) {
-		return filepath.Join(xdgRuntimeDir, "kmsfs")
+		out = append(out, runtimeSpot{base: filepath.Clean(xdgRuntimeDir), name: "kmsfs", owned: true})
 	}
-	runUser := filepath.Join("/run/user", strconv.Itoa(uid))
-	if exists(runUser) {
-		return filepath.Join(runUser, "kmsfs")
+	out = append(out, runtimeSpot{base: filepath.Join(runUser, strconv.Itoa(uid)), name: "kmsfs", owned: true})
+	seen := map[string]bool{}
+	for _, t := range tempDirs {
+		if t == "" || !filepath.IsAbs(t) || seen[filepath.Clean(t)] {
+			continue
+		}
+		seen[filepath.Clean(t)] = true
+		out = append(out, runtimeSpot{base: filepath.Clean(t), name: "kmsfs-" + strconv.Itoa(uid)})
+	}
+	return out
+}
+
+// ChooseRuntimeDir is the runtime directory by paths alone, as RuntimeDir
+// would pick it if every base that exists also passed its ownership
+// checks: $XDG_RUNTIME_DIR/kmsfs, else /run/user/UID/kmsfs when
+// /run/user/UID exists, else TMPDIR/kmsfs-UID. It decides nothing:
+// RuntimeDir checks what this only names.
+func ChooseRuntimeDir(xdgRuntimeDir string, uid int, tempDir string, exists func(string) bool) string {
+	spots := runtimeSpots(xdgRuntimeDir, uid, "/run/user", tempDir)
+	for _, sp := range spots {
+		if sp.base == filepath.Clean(xdgRuntimeDir) || !sp.owned || exists(sp.base) {
+			return filepath.Join(sp.base, sp.name)
+		}
 	}
 	return filepath.Join(tempDir, "kmsfs-"+strconv.Itoa(uid))
 }
 
-func dirExists(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.IsDir()
+// RuntimeDir returns the runtime directory of this process's effective
+// user (mount records, control sockets), creating it with mode 0700.
+//
+// Every base is checked before it is used, through handles opened
+// component by component without following a symlink: $XDG_RUNTIME_DIR
+// and /run/user/EUID must belong to the effective user and be writable by
+// nobody else, and so must (or to root) every directory above them, so
+// nobody else can swap any part of the path afterwards. A base that fails
+// is skipped: a root process that inherited a user's XDG_RUNTIME_DIR
+// (sudo -E) falls back to /run/user/0, else to a private kmsfs-0 under
+// the temp directory. The runtime directory itself, once made, must be a
+// directory of mode 0700 owned by the effective user: one that is not
+// (a trap in a shared /tmp) is an error, never used.
+func RuntimeDir() (string, error) {
+	spots := runtimeSpots(os.Getenv("XDG_RUNTIME_DIR"), os.Geteuid(), "/run/user", os.TempDir(), "/tmp")
+	return runtimeDirIn(spots, os.Geteuid())
 }
 
-// RuntimeDir returns the runtime directory for this user, creating it with
-// mode 0700. A directory that exists but is not owned by the user or is
-// open to others is refused (it may be a trap in a shared /tmp).
-func RuntimeDir() (string, error) {
-	dir := ChooseRuntimeDir(os.Getenv("XDG_RUNTIME_DIR"), os.Getuid(), os.TempDir(), dirExists)
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", fmt.Errorf("create runtime directory %s: %w", dir, err)
+// runtimeDirIn is RuntimeDir over spots, for the effective user euid.
+func runtimeDirIn(spots []runtimeSpot, euid int) (string, error) {
+	var skipped []string
+	for _, sp := range spots {
+		basefd, err := openTrustedDir(sp.base, euid, sp.owned)
+		if err != nil {
+			skipped = append(skipped, err.Error())
+			continue
+		}
+		dir := filepath.Join(sp.base, sp.name)
+		err = privateDirAt(basefd, sp.name, euid)
+		unix.Close(basefd)
+		if err != nil {
+			return "", fmt.Errorf("runtime directory %s: %w", dir, err)
+		}
+		return dir, nil
 	}
-	fi, err := os.Lstat(dir)
+	return "", fmt.Errorf("no usable runtime directory for uid %d (%s): set XDG_RUNTIME_DIR to a directory of mode 0700 that uid owns", euid, strings.Join(skipped, "; "))
+}
+
+// openTrustedDir opens the absolute directory path component by
+// component from "/" without following a symlink (O_PATH|O_NOFOLLOW) and
+// checks each with fstat: every component must belong to euid or root
+// and be writable by nobody else, unless it is sticky (then nobody else
+// can rename what it holds); with owned, path itself must belong to euid
+// and be writable by nobody else. It returns an O_PATH handle of path.
+func openTrustedDir(path string, euid int, owned bool) (int, error) {
+	if !filepath.IsAbs(path) {
+		return -1, fmt.Errorf("%s is not an absolute path", path)
+	}
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", fmt.Errorf("runtime directory %s: %w", dir, err)
+		return -1, fmt.Errorf("open /: %w", err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("runtime directory %s is not a directory of mode 0700 owned by uid %d: remove it", dir, os.Getuid())
+	comps := strings.Split(strings.Trim(filepath.Clean(path), "/"), "/")
+	if len(comps) == 1 && comps[0] == "" {
+		comps = nil
 	}
-	return dir, nil
+	at := "/"
+	for i := 0; i <= len(comps); i++ { // "/" itself, then one round per component
+		if i > 0 {
+			next, err := OpenDirAt(fd, comps[i-1])
+			unix.Close(fd)
+			if err != nil {
+				return -1, fmt.Errorf("%s: %w (a symlink is not followed)", filepath.Join(at, comps[i-1]), err)
+			}
+			fd, at = next, filepath.Join(at, comps[i-1])
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %w", at, err)
+		}
+		last := i == len(comps)
+		switch {
+		case last && owned && (int(st.Uid) != euid || st.Mode&0o022 != 0):
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s is owned by uid %d with mode %04o, want uid %d and writable by nobody else", at, st.Uid, st.Mode&0o7777, euid)
+		case int(st.Uid) != euid && st.Uid != 0:
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s is owned by uid %d, not by uid %d or root", at, st.Uid, euid)
+		case st.Mode&0o022 != 0 && st.Mode&unix.S_ISVTX == 0:
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s has mode %04o: writable by others and not sticky", at, st.Mode&0o7777)
+		}
+	}
+	return fd, nil
+}
+
+// privateDirAt makes name in basefd a directory of mode 0700 unless it
+// exists, then checks through a handle opened without following a
+// symlink that it is a directory owned by euid that nobody else may use.
+func privateDirAt(basefd int, name string, euid int) error {
+	if err := unix.Mkdirat(basefd, name, 0o700); err != nil && err != unix.EEXIST {
+		return fmt.Errorf("create: %w", err)
+	}
+	fd, err := OpenDirAt(basefd, name)
+	if err != nil {
+		return fmt.Errorf("open: %w (not a directory, or a symlink): remove it", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	}
+	if int(st.Uid) != euid || st.Mode&0o077 != 0 {
+		return fmt.Errorf("owned by uid %d with mode %04o, not a directory of mode 0700 owned by uid %d: remove it", st.Uid, st.Mode&0o7777, euid)
+	}
+	return nil
 }
 
 // MountRecord tells other kmsfs commands which process serves a mount.
