@@ -230,7 +230,8 @@ func fuseConfAllowsOther() bool {
 
 // ownerPermScript runs permission-sensitive operations in directory $1
 // (made if missing) and prints one line per operation: its name and "ok"
-// or "denied". Run as a non-root user.
+// or "denied"; then the modes of entries made in a setgid directory (a
+// subdirectory keeps S_ISGID). Run as a non-root user.
 const ownerPermScript = `
 set -u
 mkdir -p "$1" && cd "$1" || exit 2
@@ -275,5 +276,8 @@ r "create in 0300 dir" touch noread/x
 chmod 0700 noread
 r "utimes own file" touch -d 2001-01-01 ro.txt
 r "rmdir own dir" rmdir noread
+mkdir sg && chmod 2755 sg
+touch sg/f && mkdir sg/d && mkdir sg/d/e && mkfifo sg/p && touch sg/x && chmod 2755 sg/x
+for e in f d d/e p x; do echo "setgid dir: $e $(stat -c %A sg/$e)"; done
 exit 0
 `
