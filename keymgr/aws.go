@@ -5,7 +5,9 @@ package keymgr
 //
 // Every call carries the file's encryption context; Decrypt always names
 // the key (KeyId), so a blob wrapped by another key fails even where the
-// caller may use both. The SDK's standard retryer rides out throttling,
+// caller may use both, and every answer is checked to name the key asked
+// for (checkAnswerKey: a misrouted or impersonating endpoint answering for
+// another key is refused, its plaintext zeroed). The SDK's standard retryer rides out throttling,
 // 5xx answers and dropped connections with jittered exponential backoff;
 // each HTTP attempt has its own timeout (a hung connection is retried) and
 // each call a total one. Errors wrap the sentinels of errors.go and say
@@ -238,6 +240,10 @@ func (p *awsProvider) GenerateDataKey(ctx context.Context, keyRef string, ec Enc
 		return DataKey{}, fmt.Errorf("aws %s %s: %s answered a %d-byte key, a %d-byte EDK and key %q, want 32 bytes, an EDK and the key ARN",
 			op, keyRef, p.where, len(out.Plaintext), len(out.CiphertextBlob), aws.ToString(out.KeyId))
 	}
+	if err := p.checkAnswerKey(op, "key", keyRef, aws.ToString(out.KeyId)); err != nil {
+		clear(out.Plaintext)
+		return DataKey{}, err
+	}
 	return DataKey{Plaintext: out.Plaintext, Ciphertext: out.CiphertextBlob, KeyARN: aws.ToString(out.KeyId)}, nil
 }
 
@@ -260,6 +266,10 @@ func (p *awsProvider) Decrypt(ctx context.Context, keyRef string, blob []byte, e
 	})
 	if err != nil {
 		return nil, p.fail(ctx, cctx, awsCall{op: op, key: keyRef}, err)
+	}
+	if err := p.checkAnswerKey(op, "key", keyRef, aws.ToString(out.KeyId)); err != nil {
+		clear(out.Plaintext)
+		return nil, err
 	}
 	return out.Plaintext, nil
 }
@@ -289,6 +299,12 @@ func (p *awsProvider) ReEncrypt(ctx context.Context, srcKeyRef string, blob []by
 	}
 	if len(out.CiphertextBlob) == 0 || aws.ToString(out.KeyId) == "" {
 		return DataKey{}, fmt.Errorf("aws %s %s -> %s: %s answered no EDK or no key ARN", op, srcKeyRef, dstKeyRef, p.where)
+	}
+	if err := p.checkAnswerKey(op, "source key", srcKeyRef, aws.ToString(out.SourceKeyId)); err != nil {
+		return DataKey{}, err
+	}
+	if err := p.checkAnswerKey(op, "destination key", dstKeyRef, aws.ToString(out.KeyId)); err != nil {
+		return DataKey{}, err
 	}
 	return DataKey{Ciphertext: out.CiphertextBlob, KeyARN: aws.ToString(out.KeyId)}, nil
 }
@@ -322,6 +338,35 @@ func (p *awsProvider) DescribeKey(ctx context.Context, keyRef string) (KeyMetada
 		md.Aliases = []string{name}
 	}
 	return md, nil
+}
+
+// checkAnswerKey checks that got, the key ARN a KMS answer names (KeyId,
+// SourceKeyId), is the key the call named by ref: the same ARN for a key
+// ARN, an ARN ending in ":key/<ref>" for a bare key ID, and at least a key
+// ARN for an alias (which only the KMS resolves: the answer's ARN is
+// returned, and PinnedProvider checks it is trusted). A mismatch wraps
+// ErrKeyMismatch and names both keys; the caller zeroes any plaintext.
+func (p *awsProvider) checkAnswerKey(op, role, ref, got string) error {
+	if awsAnswerMatches(ref, got) {
+		return nil
+	}
+	return fmt.Errorf("aws %s %s: %w: %s answered for %s %q, the call named %s %s: check the endpoint and region (a misrouted or impersonating KMS)",
+		op, ref, ErrKeyMismatch, p.where, role, got, role, ref)
+}
+
+// awsAnswerMatches reports whether the answer's key ARN got fits ref (see
+// checkAnswerKey).
+func awsAnswerMatches(ref, got string) bool {
+	if !strings.HasPrefix(got, "arn:") || !strings.Contains(got, ":key/") {
+		return false // an answer always names the key by its ARN
+	}
+	if _, isAlias := aliasName(ref); isAlias {
+		return true
+	}
+	if strings.HasPrefix(ref, "arn:") {
+		return got == ref
+	}
+	return strings.HasSuffix(got, ":key/"+ref)
 }
 
 // AWSRegionFromARN returns the region of a KMS key or alias ARN

@@ -353,6 +353,77 @@ func TestAWSKeyPinned(t *testing.T) {
 	}
 }
 
+// TestAWSAnswerFromAnotherKey: an endpoint that answers for another key
+// than the one the call named (a misrouted or impersonating KMS) is
+// refused with ErrKeyMismatch naming both keys, and no plaintext comes
+// back. An alias is resolved by the KMS alone: its answer's ARN is
+// returned for the trust pin to check.
+func TestAWSAnswerFromAnotherKey(t *testing.T) {
+	lk := startLocalKMS(t)
+	proxy := newAWSProxy(t, lk.url)
+	p, _ := newTestAWS(t, proxy.URL(), nil)
+	ctx := context.Background()
+	ec := testContext(stFilesystemID, 6)
+	dk, err := p.GenerateDataKey(ctx, lkKeyARN(lkKeyA), ec)
+	if err != nil {
+		t.Fatalf("GenerateDataKey: %v", err)
+	}
+	keyA, keyB := lkKeyARN(lkKeyA), lkKeyARN(lkKeyB)
+	proxy.setSwapKey(keyB)
+	tests := []struct {
+		name    string
+		call    func() ([]byte, string, error) // plaintext, answer's key, error
+		wantErr bool
+	}{
+		{"GenerateDataKey by key ARN", func() ([]byte, string, error) {
+			dk, err := p.GenerateDataKey(ctx, keyA, ec)
+			return dk.Plaintext, dk.KeyARN, err
+		}, true},
+		{"GenerateDataKey by key ID", func() ([]byte, string, error) {
+			dk, err := p.GenerateDataKey(ctx, lkKeyA, ec)
+			return dk.Plaintext, dk.KeyARN, err
+		}, true},
+		{"Decrypt by key ARN", func() ([]byte, string, error) {
+			plain, err := p.Decrypt(ctx, keyA, dk.Ciphertext, ec)
+			return plain, "", err
+		}, true},
+		{"Decrypt by key ID", func() ([]byte, string, error) {
+			plain, err := p.Decrypt(ctx, lkKeyA, dk.Ciphertext, ec)
+			return plain, "", err
+		}, true},
+		{"ReEncrypt", func() ([]byte, string, error) {
+			re, err := p.ReEncrypt(ctx, keyA, dk.Ciphertext, ec, keyA)
+			return re.Plaintext, re.KeyARN, err
+		}, true},
+		{"GenerateDataKey by alias: the answer's ARN is returned for the pin", func() ([]byte, string, error) {
+			dk, err := p.GenerateDataKey(ctx, lkAliasA, ec)
+			return dk.Plaintext, dk.KeyARN, err
+		}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			proxy.inject(faultSwapKey)
+			plain, arn, err := tc.call()
+			if proxy.requests() != 1 {
+				t.Fatalf("requests: got %d, want 1", proxy.requests())
+			}
+			if !tc.wantErr {
+				if err != nil || arn != keyB {
+					t.Fatalf("got key %q, %v; want %s and no error", arn, err, keyB)
+				}
+				pinned := NewPinnedProvider(p, []string{keyA})
+				_, err := pinned.GenerateDataKey(ctx, lkAliasA, ec)
+				wantErr(t, "pinned GenerateDataKey by alias", err, ErrUntrustedKey)
+				return
+			}
+			wantErr(t, tc.name, err, ErrKeyMismatch, keyB, "KMS at "+proxy.URL())
+			if plain != nil || arn != "" {
+				t.Errorf("answer: got %d plaintext bytes and key %q, want none", len(plain), arn)
+			}
+		})
+	}
+}
+
 func TestAWSRequestsCarryKeyAndContext(t *testing.T) {
 	lk := startLocalKMS(t)
 	proxy := newAWSProxy(t, lk.url)

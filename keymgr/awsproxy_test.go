@@ -8,6 +8,7 @@ package keymgr
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
@@ -32,10 +33,11 @@ const (
 	faultSlow                         // wait slowDelay, then pass the request on
 	faultDenied                       // 400 AccessDeniedException, as KMS sends it
 	faultIncorrectKey                 // 400 IncorrectKeyException (local-kms never sends it)
+	faultSwapKey                      // pass it on, then answer for another key (KeyId, SourceKeyId := swapKeyID)
 )
 
 func (f awsFault) String() string {
-	return [...]string{"none", "throttle", "500", "503", "drop", "slow", "denied", "incorrect-key"}[f]
+	return [...]string{"none", "throttle", "500", "503", "drop", "slow", "denied", "incorrect-key", "swap-key"}[f]
 }
 
 type awsProxy struct {
@@ -47,6 +49,7 @@ type awsProxy struct {
 	faults    []awsFault // consumed one per request
 	fallback  awsFault   // once faults are used up
 	slowDelay time.Duration
+	swapKeyID string   // the key ARN faultSwapKey answers for
 	seen      []string // X-Amz-Target operation of each request, in order
 	bodies    []string // request bodies, in order
 
@@ -88,6 +91,13 @@ func (p *awsProxy) inject(fallback awsFault, faults ...awsFault) {
 	p.fallback = fallback
 	p.seen = nil
 	p.bodies = nil
+}
+
+// setSwapKey sets the key ARN faultSwapKey answers for.
+func (p *awsProxy) setSwapKey(arn string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.swapKeyID = arn
 }
 
 func (p *awsProxy) setSlowDelay(d time.Duration) {
@@ -181,6 +191,34 @@ func (p *awsProxy) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		_ = conn.Close()
+	case faultSwapKey:
+		// An endpoint that answers for another key than the one asked
+		// for (a misrouted or impersonating KMS): the real answer, with
+		// its key fields rewritten.
+		rec := httptest.NewRecorder()
+		p.target.ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		var m map[string]any
+		if rec.Code == http.StatusOK && json.Unmarshal(body, &m) == nil {
+			p.mu.Lock()
+			for _, k := range []string{"KeyId", "SourceKeyId"} {
+				if _, ok := m[k]; ok {
+					m[k] = p.swapKeyID
+				}
+			}
+			p.mu.Unlock()
+			var err error
+			if body, err = json.Marshal(m); err != nil {
+				p.t.Errorf("proxy: marshal the swapped answer: %v", err)
+			}
+		}
+		for k, v := range rec.Header() {
+			if k != "Content-Length" && k != "X-Amz-Crc32" {
+				w.Header()[k] = v
+			}
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(body)
 	case faultSlow:
 		select {
 		case <-time.After(delay):

@@ -18,6 +18,24 @@ package keymgr
 //
 // Invariant (inherited from LockedSlab): every slot not holding a live key
 // is zero. Eviction, expiry, Drop, Purge and Close zero the slot.
+//
+// Invariant (what a key under a file ID is): the key cached under file ID
+// X is X's own DEK, whatever cipher file claimed X. The cache is keyed by
+// file ID alone, and a writer of the cipher directory can plant a file
+// claiming a known ID (with the index deleted, it may be opened first), so
+// this rests on three facts, none of them costing anything on a hit:
+//   - a Cache serves one filesystem: the first Manager binds it to its
+//     filesystem ID and a Manager of another filesystem is refused (bind),
+//     so two filesystems' equal file IDs never meet here;
+//   - the Manager puts a key under X only when it was generated for X or
+//     unwrapped from a header whose FileID is X, under the encryption
+//     context {filesystem ID, X} (Manager.unwrapFile): an EDK made for
+//     another file or filesystem does not unwrap there;
+//   - the provider is pinned (PinnedProvider): a header may only name keys
+//     the user trusts, so the only EDKs that unwrap under {filesystem, X}
+//     are the ones kmsfs made for X with those keys. A planted copy of X's
+//     header yields X's own DEK; any other planted header yields an error
+//     and caches nothing.
 
 import (
 	"errors"
@@ -72,6 +90,9 @@ type Cache struct {
 
 	hits, misses, evictions, expirations uint64
 	closed                               bool
+	// fsID is the one filesystem whose keys the cache holds; "" until a
+	// Manager binds it (bind).
+	fsID string
 }
 
 // NewCache maps and locks the slab. The error wraps ErrMemlock when the
@@ -152,6 +173,22 @@ func (c *Cache) Put(id crypto.FileID, dek []byte) {
 	copy(c.slab.Slot(int(i)), dek)
 	c.expires[i] = now.Add(c.ttl).UnixNano()
 	c.pushFront(i)
+}
+
+// bind ties the cache to filesystem fsID: the first call sets it, a later
+// one for the same filesystem is harmless, and one for another filesystem
+// is refused (its file IDs would share the cache's keys).
+func (c *Cache) bind(fsID string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.fsID {
+	case "":
+		c.fsID = fsID
+	case fsID:
+	default:
+		return fmt.Errorf("the DEK cache holds keys of filesystem %s, not of filesystem %s: give each filesystem a cache of its own", c.fsID, fsID)
+	}
+	return nil
 }
 
 // With runs fn with the cached DEK of id under the cache's lock, and reports

@@ -17,6 +17,16 @@ var (
 	// ErrInvalidCiphertext: the EDK does not unwrap under this key and
 	// encryption context: tampering, or a file from another filesystem.
 	ErrInvalidCiphertext = errors.New("wrapped key does not match its key or encryption context")
+	// ErrUntrustedKey: a header (or a KMS answer) names a key this
+	// filesystem does not trust; no call is made with it (pinned.go). It
+	// wraps ErrInvalidCiphertext, so it is an authentication failure of
+	// the file (EIO), and the Manager still falls back from a planted
+	// index entry to the file's own header mirror.
+	ErrUntrustedKey error = &kindOf{msg: "key is not trusted for this filesystem", kind: ErrInvalidCiphertext}
+	// ErrKeyMismatch: the KMS answered for another key than the one the
+	// call named (a misrouted or impersonating endpoint); the answer's
+	// key material is zeroed and never used. It wraps ErrInvalidCiphertext.
+	ErrKeyMismatch error = &kindOf{msg: "the KMS answered with another key than the one asked for", kind: ErrInvalidCiphertext}
 	// ErrKMSUnavailable: the KMS could not be reached or kept failing.
 	ErrKMSUnavailable = errors.New("KMS unavailable")
 	// ErrThrottled: the KMS kept throttling after retries.
@@ -43,3 +53,13 @@ var (
 	// ErrMemlock: locked memory could not be obtained (RLIMIT_MEMLOCK).
 	ErrMemlock = errors.New("cannot lock memory for keys")
 )
+
+// kindOf is a sentinel that is also a kind of another (errors.Is matches
+// both) without repeating the other's message.
+type kindOf struct {
+	msg  string
+	kind error
+}
+
+func (e *kindOf) Error() string { return e.msg }
+func (e *kindOf) Unwrap() error { return e.kind }

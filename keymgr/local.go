@@ -67,6 +67,19 @@ func parseLocalEDK(b []byte) (localEDK, error) {
 	return e, nil
 }
 
+// localEDKWrapper returns the key ID (8-4-4-4-12, as in the key's ARN) and
+// the key version a local EDK names. Both are authenticated by the EDK's
+// AAD: unlike a header's KeyVersion field, a writer cannot change them
+// without the EDK failing to unwrap. Rewrap's "already current" test reads
+// them here. Errors wrap ErrInvalidCiphertext (not a local EDK).
+func localEDKWrapper(edk []byte) (keyID string, version uint32, err error) {
+	e, err := parseLocalEDK(edk)
+	if err != nil {
+		return "", 0, err
+	}
+	return formatKeyID(e.keyID), e.version, nil
+}
+
 func (e localEDK) marshal() []byte {
 	b := make([]byte, 0, localEDKSize)
 	b = append(b, localEDKVersion)

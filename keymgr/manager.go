@@ -143,6 +143,9 @@ func NewManager(o ManagerOptions) (*Manager, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.Cache.bind(o.FilesystemID); err != nil {
+		return nil, fmt.Errorf("key manager: %w", err)
+	}
 	if o.Rand == nil {
 		o.Rand = crand.Reader
 	} else if o.Rand != crand.Reader {
@@ -260,7 +263,11 @@ func (m *Manager) NewFile(ctx context.Context) (crypto.Header, *crypto.ContentCi
 // then healed from the mirror. readHeader may be nil when the file cannot
 // be read. Concurrent opens of one uncached file share one unwrap. A file
 // claiming crypto.NamesKeyID is refused (crypto.ErrBadHeader): the names
-// key never becomes a content key.
+// key never becomes a content key. Headers are not authenticated: with the
+// provider pinned (PinnedProvider), a header naming a key the user does
+// not trust fails with ErrUntrustedKey (EIO) and no call is made with that
+// key; an index entry that does so is replaced from the file's mirror.
+// What may land in the DEK cache is the Cache's invariant (cache.go).
 func (m *Manager) OpenFile(ctx context.Context, id crypto.FileID, readHeader func() (crypto.Header, error)) (*crypto.ContentCipher, error) {
 	if m.isClosed() {
 		return nil, fmt.Errorf("open file %s: %w", id, errManagerClosed)
@@ -353,13 +360,22 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 
 	var dek [crypto.DEKSize]byte
 	defer crypto.Zero(dek[:])
+	// unwrapFor unwraps only a header of file id, so the key cached under
+	// id below came from the encryption context of id (the Cache's
+	// invariant); the index and readMirror check it too.
+	unwrapFor := func(h crypto.Header) error {
+		if h.FileID != id {
+			return fmt.Errorf("open file %s: header names file %s: %w", id, h.FileID, crypto.ErrBadHeader)
+		}
+		return m.unwrap(ctx, h, dek[:])
+	}
 
 	if m.index == nil {
 		mh, err := readMirror()
 		if err != nil {
 			return nil, fmt.Errorf("open file %s: %w", id, err)
 		}
-		if err := m.unwrap(ctx, mh, dek[:]); err != nil {
+		if err := unwrapFor(mh); err != nil {
 			return nil, err
 		}
 	} else if h, idxErr := m.index.Get(id); idxErr != nil {
@@ -368,11 +384,11 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 			return nil, fmt.Errorf("open file %s: %w (index: %w)", id, err, idxErr)
 		}
 		m.log.Info("header index entry unusable; using the file's header mirror", "file_id", id.String(), "err", idxErr)
-		if err := m.unwrap(ctx, mh, dek[:]); err != nil {
+		if err := unwrapFor(mh); err != nil {
 			return nil, err
 		}
 		m.heal(mh, idxErr)
-	} else if err := m.unwrap(ctx, h, dek[:]); err != nil {
+	} else if err := unwrapFor(h); err != nil {
 		// A stale or damaged index entry (an EDK that does not unwrap,
 		// or a key that no longer exists) may be fixed by the mirror.
 		if !errors.Is(err, ErrInvalidCiphertext) && !errors.Is(err, ErrKeyNotFound) {
@@ -384,7 +400,7 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 		}
 		m.log.Info("header index entry does not unwrap; trying the file's header mirror",
 			"file_id", id.String(), "index_generation", h.Generation, "file_generation", mh.Generation, "err", err)
-		if err2 := m.unwrap(ctx, mh, dek[:]); err2 != nil {
+		if err2 := unwrapFor(mh); err2 != nil {
 			return nil, fmt.Errorf("%w (index entry: %w)", err2, err)
 		}
 		m.heal(mh, err)

@@ -9,9 +9,9 @@ package keymgr
 //
 //  1. read the header mirror from the file itself (the mirror is the
 //     truth, not the index);
-//  2. if its one wrapped key is already under the target (key ARN, and key
-//     version at least the target's), make sure the index entry agrees and
-//     stop;
+//  2. if its one wrapped key is already under the target
+//     (RewrapTarget.Current, and for an epoch target only on a resumed
+//     run), make sure the index entry agrees and stop;
 //  3. else ReEncrypt the EDK to the target key, write the new header into
 //     the *other* slot with generation+1 and fsync (cipherfile.WriteHeader:
 //     a torn write leaves the old slot valid), then put it in the index.
@@ -31,6 +31,18 @@ package keymgr
 // its own marker in the key-version field: the rewrap epoch of kmsfs.conf
 // (docs/format.md, "Rewrap epoch"). A full rewrap raises the epoch, every
 // ReEncrypt stamps it, and a file below it has not been moved yet.
+//
+// What "already current" may trust. The header is not authenticated: a
+// writer of the cipher directory can put any key version into it, and a
+// file that looks current is never moved while rewrap reports success.
+// The local provider's EDK names its key and version inside the blob,
+// bound by its AAD, so Current reads them there and a header whose field
+// disagrees is moved. An epoch is kmsfs's own marker, authenticated by
+// nothing: a new full rewrap (RewrapOptions.Resume unset) re-encrypts
+// every file whatever its header says, and only a resumed run skips files
+// at exactly its epoch. The window left: a writer acting while a run is
+// interrupted can make files skip the resumed run; the next full rewrap
+// moves them.
 
 import (
 	"context"
@@ -39,6 +51,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -92,10 +105,28 @@ func ResolveRewrapTarget(ctx context.Context, p Provider, keyRef string, epoch u
 	return t, md, nil
 }
 
-// Current reports whether h needs no rewrap: it holds exactly one wrapped
-// key, under the target key at the target version or later.
+// Current reports whether h needs no rewrap by a run that may skip done
+// files: it holds exactly one wrapped key, under the target key, and
+//   - for a version target (local, Epoch unset): the EDK itself names the
+//     target key at the target version or later (localEDKWrapper: both are
+//     authenticated by the EDK's AAD), and the header's KeyVersion field
+//     says the same; an EDK that is not a local one is never current;
+//   - for an epoch target (aws): the header's field equals the target
+//     epoch exactly. It is unauthenticated, so Rewrap consults Current for
+//     an epoch target only on a resumed run (RewrapOptions.Resume).
 func (t RewrapTarget) Current(h crypto.Header) bool {
-	return len(h.Keys) == 1 && h.Keys[0].KeyARN == t.KeyARN && h.Keys[0].KeyVersion >= t.Version
+	if len(h.Keys) != 1 || h.Keys[0].KeyARN != t.KeyARN {
+		return false
+	}
+	wk := h.Keys[0]
+	if t.Epoch {
+		return wk.KeyVersion == t.Version
+	}
+	keyID, version, err := localEDKWrapper(wk.EDK)
+	if err != nil || version != wk.KeyVersion || version < t.Version {
+		return false
+	}
+	return strings.HasSuffix(t.KeyARN, ":key/"+keyID)
 }
 
 // RewrapOptions configures Rewrap.
@@ -109,6 +140,14 @@ type RewrapOptions struct {
 	Target RewrapTarget
 	Jobs   int  // files in parallel; 0: DefaultRewrapJobs
 	DryRun bool // change nothing; count what would change
+	// Resume continues an interrupted run to the same epoch target: files
+	// whose header is at exactly the target epoch are skipped. Unset, an
+	// epoch target counts nothing as current and re-encrypts every file:
+	// a header's epoch is not authenticated, so a writer could stamp the
+	// new epoch into it to make the file skip the rewrap (see the file
+	// comment for the window a resumed run leaves). Version targets
+	// (local) ignore it: their versions are read from the EDK.
+	Resume bool
 	// Progress, if set, is called after each file with the files done so
 	// far and the total. Calls are serialised.
 	Progress func(done, total int)
@@ -360,7 +399,7 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 	if h.FileID == crypto.NamesKeyID {
 		ix = nil // the names key is in no index
 	}
-	if r.o.Target.Current(h) {
+	if (!r.o.Target.Epoch || r.o.Resume) && r.o.Target.Current(h) {
 		fixed, err := r.syncIndex(ix, h)
 		if err != nil {
 			return fileResult{out: outFailed, id: id, err: err}
@@ -432,8 +471,13 @@ func (r *rewrapRun) reencrypt(ctx context.Context, h crypto.Header) (crypto.Wrap
 		}
 		crypto.Zero(dk.Plaintext) // a provider returns none; be sure
 		wk := crypto.WrappedKey{KeyARN: dk.KeyARN, KeyVersion: dk.KeyVersion, EDK: dk.Ciphertext}
-		if wk.KeyARN == "" {
+		switch wk.KeyARN {
+		case "":
 			wk.KeyARN = r.o.Target.KeyARN
+		case r.o.Target.KeyARN:
+		default:
+			// Never write a header naming a key nobody asked for.
+			return crypto.WrappedKey{}, fmt.Errorf("ReEncrypt from %s to %s: %w: the answer names key %s", k.KeyARN, r.o.Target.KeyARN, ErrKeyMismatch, wk.KeyARN)
 		}
 		if r.o.Target.Epoch && wk.KeyVersion == 0 {
 			wk.KeyVersion = r.o.Target.Version

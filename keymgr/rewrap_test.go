@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -613,16 +614,18 @@ func TestRewrapAWS(t *testing.T) {
 	e.checkAll(t, func(h crypto.Header) bool {
 		return h.Keys[0].KeyARN == lkKeyARN(lkKeyA) && h.Keys[0].KeyVersion == 1 && h.Generation == 2
 	})
-	st, err = Rewrap(context.Background(), e.opts(tg, 4), e.files)
+	resumed := e.opts(tg, 4)
+	resumed.Resume = true // a full rerun would move them all again
+	st, err = Rewrap(context.Background(), resumed, e.files)
 	if err != nil || st.Current != 12 {
-		t.Fatalf("aws rerun: %+v, %v; want 12 current", st, err)
+		t.Fatalf("aws resumed rerun: %+v, %v; want 12 current", st, err)
 	}
 	// New files of a Manager at epoch 1 are current at once.
 	if err := e.m.SetWrapKey(lkKeyARN(lkKeyA), 1); err != nil {
 		t.Fatal(err)
 	}
 	e.create(t, 2)
-	st, err = Rewrap(context.Background(), e.opts(tg, 4), e.files)
+	st, err = Rewrap(context.Background(), resumed, e.files)
 	if err != nil || st.Current != 14 {
 		t.Fatalf("aws rerun with new files: %+v, %v; want 14 current", st, err)
 	}
@@ -700,5 +703,171 @@ func benchRewrap(b *testing.B, e *rwEnv, n int, keys []string, epochs bool) {
 			}
 			b.ReportMetric(float64(files)/elapsed.Seconds(), "files/s")
 		})
+	}
+}
+
+// forge rewrites the header of the cipher file p as a writer of the cipher
+// directory could (the header is not authenticated): change edits it, the
+// generation goes up, and the index entry follows.
+func (e *rwEnv) forge(t testing.TB, p string, change func(h *crypto.Header)) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, slot, err := cipherfile.ReadHeader(f, e.layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Keys = slices.Clone(h.Keys)
+	change(&h)
+	h.Generation++
+	if err := cipherfile.WriteHeader(f, e.layout, h, slot); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ix.Put(h); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRewrapTargetCurrent: what "already current" may trust. A local key
+// version is read from the EDK, where its AAD authenticates it; an epoch
+// must match exactly.
+func TestRewrapTargetCurrent(t *testing.T) {
+	k := newPinKeys(t)
+	ctx := context.Background()
+	ec := testContext(stFilesystemID, 5)
+	gen := func(arn string) []byte {
+		dk, err := k.local.GenerateDataKey(ctx, arn, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		crypto.Zero(dk.Plaintext)
+		return dk.Ciphertext
+	}
+	a1, b1 := gen(k.a.ARN), gen(k.b.ARN)
+	if _, err := k.kr.Rotate(k.a.ARN); err != nil {
+		t.Fatal(err)
+	}
+	mustSave(t, k.kr)
+	a2 := gen(k.a.ARN)
+	hdr := func(keys ...crypto.WrappedKey) crypto.Header {
+		return crypto.Header{FileID: crypto.FileID{5}, Generation: 1, Keys: keys}
+	}
+	wk := func(arn string, version uint32, edk []byte) crypto.WrappedKey {
+		return crypto.WrappedKey{KeyARN: arn, KeyVersion: version, EDK: edk}
+	}
+	local := RewrapTarget{KeyARN: k.a.ARN, Version: 2}
+	epoch := RewrapTarget{KeyARN: k.a.ARN, Version: 3, Epoch: true}
+	tests := []struct {
+		name   string
+		target RewrapTarget
+		h      crypto.Header
+		want   bool
+	}{
+		{"local: EDK and field at the target version", local, hdr(wk(k.a.ARN, 2, a2)), true},
+		{"local: EDK past an older target", RewrapTarget{KeyARN: k.a.ARN, Version: 1}, hdr(wk(k.a.ARN, 2, a2)), true},
+		{"local: forged field far above an old EDK", local, hdr(wk(k.a.ARN, 99, a1)), false},
+		{"local: forged field at the target over an old EDK", local, hdr(wk(k.a.ARN, 2, a1)), false},
+		{"local: field below its EDK", local, hdr(wk(k.a.ARN, 1, a2)), false},
+		{"local: another key's EDK under the target's ARN", RewrapTarget{KeyARN: k.a.ARN, Version: 1}, hdr(wk(k.a.ARN, 1, b1)), false},
+		{"local: not a local EDK", local, hdr(wk(k.a.ARN, 2, bytes.Repeat([]byte{1}, 140))), false},
+		{"local: another key", local, hdr(wk(k.b.ARN, 2, a2)), false},
+		{"local: two wrapped keys", local, hdr(wk(k.a.ARN, 2, a2), wk(k.a.ARN, 2, a2)), false},
+		{"epoch: exactly the target epoch", epoch, hdr(wk(k.a.ARN, 3, a1)), true},
+		{"epoch: above the target epoch (never >=)", epoch, hdr(wk(k.a.ARN, 4, a1)), false},
+		{"epoch: below the target epoch", epoch, hdr(wk(k.a.ARN, 2, a1)), false},
+		{"epoch: another key at the epoch", epoch, hdr(wk(k.b.ARN, 3, b1)), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.target.Current(tc.h); got != tc.want {
+				t.Errorf("Current: got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRewrapForgedLocalVersion: a header claiming a newer key version than
+// its EDK holds is rewrapped, not counted current, and a header whose
+// field disagrees with its EDK is moved too.
+func TestRewrapForgedLocalVersion(t *testing.T) {
+	e := newRWEnv(t, nil)
+	e.create(t, 6)
+	if _, err := e.kr.Rotate("alias/rw-a"); err != nil {
+		t.Fatal(err)
+	}
+	mustSave(t, e.kr)
+	tg := e.target(t, "alias/rw-a", 0)
+	e.forge(t, e.files[0], func(h *crypto.Header) { h.Keys[0].KeyVersion = 99 })
+	e.forge(t, e.files[1], func(h *crypto.Header) { h.Keys[0].KeyVersion = tg.Version })
+	edkAt := func(version uint32) func(h crypto.Header) bool {
+		return func(h crypto.Header) bool {
+			_, v, err := localEDKWrapper(h.Keys[0].EDK)
+			return err == nil && v == version && h.Keys[0].KeyVersion == version
+		}
+	}
+	steps := []struct {
+		name                     string
+		before                   func()
+		wantRewrapped, wantFresh int
+	}{
+		{"forged versions are moved with the rest", nil, 6, 0},
+		{"a field lowered below its EDK is moved", func() {
+			e.forge(t, e.files[2], func(h *crypto.Header) { h.Keys[0].KeyVersion = 1 })
+		}, 1, 5},
+		{"then everything is current", nil, 0, 6},
+	}
+	for _, s := range steps {
+		if s.before != nil {
+			s.before()
+		}
+		st, err := Rewrap(context.Background(), e.opts(tg, 2), e.files)
+		if err != nil || st.Rewrapped != s.wantRewrapped || st.Current != s.wantFresh || st.Failed != 0 {
+			t.Fatalf("%s: got %+v, %v; want %d rewrapped, %d current", s.name, st, err, s.wantRewrapped, s.wantFresh)
+		}
+		e.checkAll(t, edkAt(2))
+	}
+}
+
+// TestRewrapEpochResume: an epoch is kmsfs's own, unauthenticated marker.
+// A full rewrap moves every file whatever its header claims; a resumed one
+// skips only files at exactly its epoch (a header stamped with the target
+// epoch by a writer is the documented window: the next full rewrap moves
+// it).
+func TestRewrapEpochResume(t *testing.T) {
+	lk := startLocalKMS(t)
+	e := newRWEnv(t, func(t testing.TB) (Provider, string) {
+		p, _ := newTestAWS(t, lk.url, nil)
+		return p, lkKeyARN(lkKeyA)
+	})
+	e.create(t, 6)
+	tg := e.target(t, lkAliasA, 1)
+	if !tg.Epoch || tg.Version != 1 {
+		t.Fatalf("target: got %+v, want epoch 1", tg)
+	}
+	e.forge(t, e.files[0], func(h *crypto.Header) { h.Keys[0].KeyVersion = 1 })
+	e.forge(t, e.files[1], func(h *crypto.Header) { h.Keys[0].KeyVersion = 7 })
+	steps := []struct {
+		name                       string
+		resume                     bool
+		wantRewrapped, wantCurrent int
+	}{
+		{"resumed: only the file at exactly the epoch is skipped", true, 5, 1},
+		{"full: every file is re-encrypted", false, 6, 0},
+		{"resumed after the full run: all current", true, 0, 6},
+	}
+	for _, s := range steps {
+		o := e.opts(tg, 2)
+		o.Resume = s.resume
+		st, err := Rewrap(context.Background(), o, e.files)
+		if err != nil || st.Rewrapped != s.wantRewrapped || st.Current != s.wantCurrent || st.Failed != 0 {
+			t.Fatalf("%s: got %+v, %v; want %d rewrapped, %d current", s.name, st, err, s.wantRewrapped, s.wantCurrent)
+		}
+	}
+	e.checkAll(t, func(h crypto.Header) bool { return h.Keys[0].KeyARN == lkKeyARN(lkKeyA) && h.Keys[0].KeyVersion == 1 })
+	if got := e.auditCount(t, AuditReEncrypt); got != 11 {
+		t.Errorf("audit ReEncrypt lines: got %d, want 11", got)
 	}
 }
