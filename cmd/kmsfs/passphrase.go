@@ -25,7 +25,7 @@ type passSource struct {
 	fixed    []byte                       // already read (the mount launcher)
 	file     string                       // --passphrase-file
 	fd       int                          // inherited pipe, -1 when none
-	lookup   func(string) (string, bool)  // os.LookupEnv
+	lookup   func(string) (string, bool)  // lookupEnv
 	terminal func() bool                  // stdin is a terminal
 	prompt   func(string) ([]byte, error) // reads one line without echo
 	stderr   io.Writer                    // where prompts go
@@ -35,7 +35,7 @@ func newPassSource(g *globals) passSource {
 	return passSource{
 		file:   g.passphraseFile,
 		fd:     -1,
-		lookup: os.LookupEnv,
+		lookup: lookupEnv, // the environment, or what hardenProcess took out of it
 		terminal: func() bool {
 			return term.IsTerminal(int(os.Stdin.Fd()))
 		},
