@@ -291,7 +291,7 @@ func TestNoDEKOnDisk(t *testing.T) {
 	warns := &warnCapture{}
 	log := slog.New(warns)
 	rec := &recordingProvider{Provider: keymgr.NewLocalProvider(kr)}
-	audit, err := keymgr.OpenAuditLog(filepath.Join(cipher, ".kmsfs", "audit.log"))
+	audit, err := keymgr.OpenAuditLog(filepath.Join(cipher, ".kmsfs", "audit.log"), keymgr.AuditOptions{})
 	if err != nil {
 		t.Fatalf("OpenAuditLog: %v", err)
 	}

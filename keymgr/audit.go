@@ -12,22 +12,16 @@ package keymgr
 //
 // It names keys by ARN and files by ID: never a key, a DEK, plaintext or a
 // plaintext name. Each line is one write(2) to a file opened O_APPEND, so
-// lines from concurrent callers (and processes) never interleave.
+// lines from concurrent callers (and processes) never interleave. The log
+// is rotated at a size cap (audit.log.1 .. audit.log.Keep) and fsync'd once
+// a second by its writer (audit_log.go); readers report a damaged line and
+// go on (audit_read.go).
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
-	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
 )
@@ -52,92 +46,6 @@ type AuditRecord struct {
 	// DestKeyARN is the key a ReEncrypt wrapped to (KeyARN is its source).
 	DestKeyARN string  `json:"dest_key_arn,omitempty"`
 	LatencyMS  float64 `json:"latency_ms"`
-}
-
-// AuditLog appends AuditRecords to a file. Safe for concurrent use.
-type AuditLog struct {
-	path string
-	mu   sync.Mutex
-	f    *os.File
-}
-
-// OpenAuditLog opens path for appending (created 0600, its directory 0700).
-// Neither the log nor its directory may be a symlink: the log lives in the
-// cipher directory, which its writer may change, and a log that is a
-// symlink to (say) a shell start-up file must not get lines appended.
-func OpenAuditLog(path string) (*AuditLog, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	f, err := openNoFollow(path, unix.O_WRONLY|unix.O_APPEND|unix.O_CREAT, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open audit log: %w", err)
-	}
-	return &AuditLog{path: path, f: f}, nil
-}
-
-// openNoFollow opens path with neither its directory (the last directory
-// component) nor the file itself followed if a symlink, and refuses
-// anything but a regular file.
-func openNoFollow(path string, flags int, perm uint32) (*os.File, error) {
-	dirfd, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: filepath.Dir(path), Err: err}
-	}
-	defer unix.Close(dirfd)
-	fd, err := unix.Openat(dirfd, filepath.Base(path), flags|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, perm)
-	if err != nil {
-		if err == unix.ELOOP {
-			return nil, &os.PathError{Op: "open", Path: path, Err: fmt.Errorf("a symlink, never followed in a cipher directory: remove it: %w", err)}
-		}
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		unix.Close(fd)
-		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("not a regular file")}
-	}
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	return os.NewFile(uintptr(fd), path), nil
-}
-
-// Path is the log file.
-func (a *AuditLog) Path() string { return a.path }
-
-// Write appends one record as one line, in one write.
-func (a *AuditLog) Write(rec AuditRecord) error {
-	line, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("audit log %s: %w", a.path, err)
-	}
-	line = append(line, '\n')
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.f == nil {
-		return fmt.Errorf("audit log %s: closed", a.path)
-	}
-	if _, err := a.f.Write(line); err != nil {
-		return fmt.Errorf("audit log %s: %w", a.path, err)
-	}
-	return nil
-}
-
-// Close closes the log. Calling it twice is harmless.
-func (a *AuditLog) Close() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.f == nil {
-		return nil
-	}
-	err := a.f.Close()
-	a.f = nil
-	if err != nil {
-		return fmt.Errorf("audit log %s: %w", a.path, err)
-	}
-	return nil
 }
 
 // auditOutcome is "ok" or the short name of the sentinel err wraps.
@@ -247,68 +155,4 @@ func (a *auditingProvider) DescribeKey(ctx context.Context, keyRef string) (KeyM
 		return KeyMetadata{}, fmt.Errorf("DescribeKey: %w", werr)
 	}
 	return md, err
-}
-
-// ReadAudit parses an audit log. Blank lines are skipped; a last line
-// without its newline that does not parse is a write torn by a crash (or
-// still being written) and is ignored. Any other bad line is an error
-// naming its number, returned with the records before it. Fuzzed by
-// FuzzReadAudit.
-func ReadAudit(r io.Reader) ([]AuditRecord, error) {
-	var out []AuditRecord
-	err := scanAudit(r, func(rec AuditRecord) { out = append(out, rec) })
-	return out, err
-}
-
-// CountAuditOps counts the calls recorded in the audit log at path per op
-// ("GenerateDataKey", "Decrypt", "ReEncrypt", "DescribeKey"), whatever
-// their outcome; every op of the four is in the map, 0 when absent or when
-// there is no log yet. It streams the log, so a running mount may be
-// appending to it. On a bad line it returns the counts before it and an
-// error naming the line.
-func CountAuditOps(path string) (map[string]int, error) {
-	counts := map[string]int{AuditGenerateDataKey: 0, AuditDecrypt: 0, AuditReEncrypt: 0, AuditDescribeKey: 0}
-	f, err := openNoFollow(path, unix.O_RDONLY, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return counts, nil
-	}
-	if err != nil {
-		return counts, fmt.Errorf("open audit log: %w", err)
-	}
-	defer f.Close()
-	if err := scanAudit(f, func(rec AuditRecord) { counts[rec.Op]++ }); err != nil {
-		return counts, fmt.Errorf("%s: %w", path, err)
-	}
-	return counts, nil
-}
-
-// scanAudit calls fn for each record of an audit log, by ReadAudit's rules.
-func scanAudit(r io.Reader, fn func(AuditRecord)) error {
-	br := bufio.NewReader(r)
-	for n := 1; ; n++ {
-		line, err := br.ReadBytes('\n')
-		if err != nil && err != io.EOF {
-			return fmt.Errorf("read audit log: %w", err)
-		}
-		last := err == io.EOF
-		if t := bytes.TrimSpace(line); len(t) > 0 {
-			var rec AuditRecord
-			perr := error(nil)
-			if t[0] != '{' {
-				perr = errors.New("not a JSON object")
-			} else {
-				perr = json.Unmarshal(t, &rec)
-			}
-			if perr != nil {
-				if last {
-					return nil // torn last line
-				}
-				return fmt.Errorf("audit log line %d: %v", n, perr)
-			}
-			fn(rec)
-		}
-		if last {
-			return nil
-		}
-	}
 }

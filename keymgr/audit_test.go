@@ -31,7 +31,7 @@ func stepClock() func() time.Time {
 func openTestAudit(t *testing.T) (*AuditLog, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), ".kmsfs", "audit.log")
-	a, err := OpenAuditLog(path)
+	a, err := OpenAuditLog(path, AuditOptions{})
 	if err != nil {
 		t.Fatalf("OpenAuditLog: %v", err)
 	}
@@ -236,7 +236,7 @@ func TestAuditFailsClosed(t *testing.T) {
 func TestAuditConcurrentLines(t *testing.T) {
 	log, path := openTestAudit(t)
 	// A second handle on the same file, as a second process would have.
-	log2, err := OpenAuditLog(path)
+	log2, err := OpenAuditLog(path, AuditOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,40 +270,71 @@ func TestAuditConcurrentLines(t *testing.T) {
 	}
 }
 
+// TestReadAudit: every record that parses comes back; a damaged line is
+// reported by its number and why, a torn last line is not damage.
 func TestReadAudit(t *testing.T) {
 	line := `{"time":"2026-11-27T12:00:00Z","op":"Decrypt","key_arn":"k","file_id":"f","outcome":"ok","latency_ms":1}`
 	tests := []struct {
-		name    string
-		in      string
-		want    int
-		wantErr bool
+		name        string
+		in          string
+		want        int
+		wantDamaged []int // line numbers
 	}{
-		{"empty", "", 0, false},
-		{"one", line + "\n", 1, false},
-		{"two", line + "\n" + line + "\n", 2, false},
-		{"blank lines", "\n" + line + "\n\n  \n" + line + "\n", 2, false},
-		{"no final newline", line, 1, false},
-		{"torn last line", line + "\n" + line[:40], 1, false},
-		{"torn last line only", line[:10], 0, false},
-		{"bad middle line", line + "\n" + line[:40] + "\n" + line + "\n", 1, true},
-		{"bad terminated last line", line + "\n" + "garbage\n", 1, true},
-		{"not an object", "[]\n", 0, true},
-		{"null", "null\n", 0, true},
-		{"crlf", line + "\r\n" + line + "\r\n", 2, false},
+		{"empty", "", 0, nil},
+		{"one", line + "\n", 1, nil},
+		{"two", line + "\n" + line + "\n", 2, nil},
+		{"blank lines", "\n" + line + "\n\n  \n" + line + "\n", 2, nil},
+		{"no final newline", line, 1, nil},
+		{"torn last line", line + "\n" + line[:40], 1, nil},
+		{"torn last line only", line[:10], 0, nil},
+		{"bad middle line", line + "\n" + line[:40] + "\n" + line + "\n", 2, []int{2}},
+		{"bad terminated last line", line + "\n" + "garbage\n", 1, []int{2}},
+		{"two bad lines", "x\n" + line + "\n\n{\n" + line + "\n", 2, []int{1, 4}},
+		{"not an object", "[]\n", 0, []int{1}},
+		{"null", "null\n", 0, []int{1}},
+		{"crlf", line + "\r\n" + line + "\r\n", 2, nil},
+		{"overlong line", line + "\n{" + strings.Repeat(" ", maxAuditLine+10) + "}\n" + line + "\n", 2, []int{2}},
+		{"overlong torn last line", line + "\n{" + strings.Repeat(" ", 2*maxAuditLine), 1, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			recs, err := ReadAudit(strings.NewReader(tt.in))
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("ReadAudit error: got %v, want error %v", err, tt.wantErr)
+			var dmg *AuditDamageError
+			if err != nil && !errors.As(err, &dmg) {
+				t.Fatalf("ReadAudit: %v", err)
+			}
+			var gotLines []int
+			if dmg != nil {
+				for _, d := range dmg.Damage {
+					gotLines = append(gotLines, d.Line)
+					if d.Why == "" || !strings.Contains(err.Error(), fmt.Sprintf("line %d: ", d.Line)) {
+						t.Errorf("damage %+v: no reason, or not named in %q", d, err)
+					}
+				}
+				if got, want := dmg.Lines, len(dmg.Damage); got != want {
+					t.Errorf("damaged lines: got %v, want %v", got, want)
+				}
+			}
+			if fmt.Sprint(gotLines) != fmt.Sprint(tt.wantDamaged) {
+				t.Errorf("damaged lines: got %v, want %v", gotLines, tt.wantDamaged)
 			}
 			if got := len(recs); got != tt.want {
 				t.Errorf("records: got %v, want %v", got, tt.want)
 			}
 		})
 	}
-	if _, err := ReadAudit(errReader{}); err == nil {
-		t.Errorf("ReadAudit of a failing reader: got nil error, want one")
+	if _, err := ReadAudit(errReader{}); err == nil || errors.As(err, new(*AuditDamageError)) {
+		t.Errorf("ReadAudit of a failing reader: got %v, want the read error", err)
+	}
+	// Many damaged lines: the first maxAuditDamage named, all counted.
+	var b strings.Builder
+	for range 3 * maxAuditDamage {
+		b.WriteString("junk\n" + line + "\n")
+	}
+	recs, err := ReadAudit(strings.NewReader(b.String()))
+	var dmg *AuditDamageError
+	if !errors.As(err, &dmg) || dmg.Lines != 3*maxAuditDamage || len(dmg.Damage) != maxAuditDamage || len(recs) != 3*maxAuditDamage {
+		t.Errorf("many damaged lines: got %d records, %v, want %d records and %d damaged lines, %d named", len(recs), err, 3*maxAuditDamage, 3*maxAuditDamage, maxAuditDamage)
 	}
 }
 
@@ -327,7 +358,7 @@ func TestCountAuditOps(t *testing.T) {
 		{"torn last line", countLog(rec("Decrypt", "ok") + rec("Decrypt", "ok")[:30]),
 			map[string]int{"GenerateDataKey": 0, "Decrypt": 1, "ReEncrypt": 0, "DescribeKey": 0}, false},
 		{"bad line", countLog(rec("Decrypt", "ok") + "garbage\n" + rec("Decrypt", "ok")),
-			map[string]int{"GenerateDataKey": 0, "Decrypt": 1, "ReEncrypt": 0, "DescribeKey": 0}, true},
+			map[string]int{"GenerateDataKey": 0, "Decrypt": 2, "ReEncrypt": 0, "DescribeKey": 0}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,8 +372,8 @@ func TestCountAuditOps(t *testing.T) {
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("CountAuditOps error: got %v, want error %v", err, tt.wantErr)
 			}
-			if err != nil && !strings.Contains(err.Error(), "line 2") {
-				t.Errorf("CountAuditOps error %q does not name line 2", err)
+			if err != nil && (!strings.Contains(err.Error(), "audit.log line 2: ") || !errors.As(err, new(*AuditDamageError))) {
+				t.Errorf("CountAuditOps error %q is no AuditDamageError naming audit.log line 2", err)
 			}
 			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 				t.Errorf("counts: got %v, want %v", got, tt.want)
@@ -387,8 +418,15 @@ func FuzzReadAudit(f *testing.F) {
 	f.Add([]byte(`{"dest_key_arn":"z"}` + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		recs, err := ReadAudit(bytes.NewReader(data))
-		if err != nil && len(recs) > bytes.Count(data, []byte("\n")) {
-			t.Fatalf("%d records before an error in %d lines", len(recs), bytes.Count(data, []byte("\n")))
+		var dmg *AuditDamageError
+		if !errors.As(err, &dmg) {
+			if err != nil {
+				t.Fatalf("ReadAudit of bytes: %v", err)
+			}
+			dmg = &AuditDamageError{}
+		}
+		if lines := bytes.Count(data, []byte("\n")) + 1; len(recs)+dmg.Lines > lines {
+			t.Fatalf("%d records and %d damaged lines in %d lines", len(recs), dmg.Lines, lines)
 		}
 		// What parsed writes back and reads again unchanged.
 		var buf bytes.Buffer
@@ -452,7 +490,7 @@ func TestAuditLogRefusesSymlinks(t *testing.T) {
 				}
 			}
 			tc.plant(t, meta, outside)
-			log, err := OpenAuditLog(filepath.Join(meta, "audit.log"))
+			log, err := OpenAuditLog(filepath.Join(meta, "audit.log"), AuditOptions{})
 			if err == nil {
 				log.Write(AuditRecord{Op: AuditDecrypt})
 				log.Close()

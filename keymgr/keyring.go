@@ -2,7 +2,12 @@ package keymgr
 
 // keyring.go: the local provider's keyring file, sealed under a passphrase.
 //
-// The file is JSON, mode 0600, in a directory of mode 0700:
+// The file is JSON, mode 0600, in a directory of mode 0700. Opening checks
+// both on the handles it reads through (keyringDir): the directory must be
+// the caller's (or root's) and writable by no one else, and kmsfs's
+// default directory readable by no one else; the file, opened relative to
+// the directory without following a symlink, must be a regular file only
+// its owner can read. The outer object:
 //
 //	{"format":"kmsfs-keyring/1", "kdf":"argon2id", "salt":B64, "time":T,
 //	 "memory_kib":M, "threads":P, "nonce":B64, "sealed":B64}
@@ -57,6 +62,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -75,10 +81,13 @@ const (
 	DefaultArgonMemoryKiB = 64 * 1024
 	DefaultArgonThreads   = 4
 
-	// Bounds a keyring file's KDF parameters must respect, so a hostile
-	// file cannot make Open allocate or spin without limit.
-	maxArgonTime      = 64
-	maxArgonMemoryKiB = 4 << 20 // 4 GiB
+	// Bounds a keyring file's KDF parameters must respect, checked before
+	// the KDF runs, so a planted file cannot make every open spin or
+	// allocate beyond what a user would choose: about 5x the default time
+	// and 16x its memory. kmsfs's commands only ever write the defaults.
+	maxArgonTime      = 16
+	maxArgonMemoryKiB = 1 << 20 // 1 GiB
+	maxArgonThreads   = 16
 	minArgonMemoryKiB = 8
 
 	maxKeyringFileSize = 16 << 20
@@ -173,11 +182,17 @@ func DefaultKeyringPath() string {
 	if p := os.Getenv("KMSFS_KEYRING"); p != "" {
 		return p
 	}
+	return filepath.Join(defaultKeyringDir(), "keyring.json")
+}
+
+// defaultKeyringDir is the directory kmsfs chooses (and creates 0700) for
+// the keyring: $XDG_CONFIG_HOME/kmsfs, else ~/.config/kmsfs.
+func defaultKeyringDir() string {
 	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
-		return filepath.Join(x, "kmsfs", "keyring.json")
+		return filepath.Join(x, "kmsfs")
 	}
 	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".config", "kmsfs", "keyring.json")
+	return filepath.Join(home, ".config", "kmsfs")
 }
 
 func newKeyringShell(path string, o KeyringOptions) *Keyring {
@@ -229,6 +244,14 @@ func CreateKeyring(path string, passphrase []byte, o KeyringOptions) (*Keyring, 
 	if err := k.kdf.validate(); err != nil {
 		return nil, fmt.Errorf("create keyring %s: %w", path, err)
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create keyring %s: %w", path, err)
+	}
+	dir, err := openKeyringDir(filepath.Dir(path))
+	if err != nil {
+		return nil, fmt.Errorf("create keyring %s: %w", path, err)
+	}
+	dir.Close()
 	k.kdf.salt = make([]byte, keyringSaltSize)
 	if err := k.readRand(k.kdf.salt); err != nil {
 		return nil, fmt.Errorf("create keyring %s: %w", path, err)
@@ -249,10 +272,6 @@ func CreateKeyring(path string, passphrase []byte, o KeyringOptions) (*Keyring, 
 	clear(kek)
 	k.used = 1
 
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		_ = k.Close()
-		return nil, fmt.Errorf("create keyring %s: %w", path, err)
-	}
 	k.mu.Lock()
 	err = k.saveLocked(true)
 	k.mu.Unlock()
@@ -283,16 +302,28 @@ func OpenKeyring(path string, passphrase []byte, o KeyringOptions) (*Keyring, er
 	return k, nil
 }
 
-// readKeyringFile reads the keyring file after checking it is a regular
-// file that only its owner can read or write.
+// readKeyringFile reads the keyring file after checking its directory
+// (openKeyringDir) and that it is a regular file, not a symlink, that only
+// its owner can read or write.
 func readKeyringFile(path string) ([]byte, fileIdentity, error) {
-	f, err := os.Open(path)
+	dir, err := openKeyringDir(filepath.Dir(path))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w: run `kmsfs init` to create one, or pass --keyring PATH", path, ErrKeyringNotFound)
 		}
-		return nil, fileIdentity{}, fmt.Errorf("open keyring: %w", err)
+		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w", path, err)
 	}
+	defer dir.Close()
+	fd, err := unix.Openat(int(dir.Fd()), filepath.Base(path), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	switch {
+	case err == unix.ENOENT:
+		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w: run `kmsfs init` to create one, or pass --keyring PATH", path, ErrKeyringNotFound)
+	case err == unix.ELOOP:
+		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w: a symlink, which kmsfs does not follow: pass --keyring with the file it points to", path, ErrKeyringInsecure)
+	case err != nil:
+		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w", path, err)
+	}
+	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
@@ -307,11 +338,72 @@ func readKeyringFile(path string) ([]byte, fileIdentity, error) {
 	if fi.Size() > maxKeyringFileSize {
 		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w: %d bytes is larger than any keyring: restore it from a backup", path, ErrKeyringCorrupt, fi.Size())
 	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return nil, fileIdentity{}, fmt.Errorf("open keyring %s: %w", path, err)
+	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyringFileSize+1))
 	if err != nil {
 		return nil, fileIdentity{}, fmt.Errorf("open keyring: %w", err)
 	}
 	return data, identityOf(fi), nil
+}
+
+// insecureDirError is ErrKeyringInsecure for the keyring's directory (the
+// sentinel's own words are about the file).
+type insecureDirError string
+
+func (e insecureDirError) Error() string        { return string(e) }
+func (e insecureDirError) Is(target error) bool { return target == ErrKeyringInsecure }
+
+// openKeyringDir opens the keyring's directory and checks, on that handle
+// (fstat, so a directory swapped after the check is not the one checked),
+// that no one but the caller could replace the keyring in it or, for
+// kmsfs's default directory, list it:
+//
+//   - owned by the effective user, or by root (who can do anything anyway);
+//   - not writable by group or others (sticky or not);
+//   - the default directory ($XDG_CONFIG_HOME/kmsfs, created 0700): no
+//     group or other permission at all. A directory the user chose may be
+//     readable by others (the file itself is 0600).
+//
+// Errors wrap ErrKeyringInsecure and name the fix.
+func openKeyringDir(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	d := os.NewFile(uintptr(fd), dir)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		d.Close()
+		return nil, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	perm := st.Mode & 0o777
+	euid := uint32(os.Geteuid())
+	var why string
+	switch {
+	case st.Uid != euid && st.Uid != 0:
+		why = fmt.Sprintf("keyring directory %s belongs to user %d, not to you (%d), who could replace the keyring: move the keyring to a directory of your own, mode 0700", dir, st.Uid, euid)
+	case perm&0o022 != 0:
+		why = fmt.Sprintf("keyring directory %s (mode %04o) is writable by group or others, who could replace the keyring: run `chmod 700 %s`", dir, perm, dir)
+	case perm&0o077 != 0 && isDefaultKeyringDir(&st):
+		why = fmt.Sprintf("keyring directory %s (mode %04o) is open to group or others, and kmsfs creates it 0700: run `chmod 700 %s`", dir, perm, dir)
+	}
+	if why != "" {
+		d.Close()
+		return nil, insecureDirError(why)
+	}
+	return d, nil
+}
+
+// isDefaultKeyringDir reports whether st is the directory kmsfs creates
+// for its keyring (by identity, whatever path reached it).
+func isDefaultKeyringDir(st *unix.Stat_t) bool {
+	var def unix.Stat_t
+	if err := unix.Stat(defaultKeyringDir(), &def); err != nil {
+		return false
+	}
+	return def.Dev == st.Dev && def.Ino == st.Ino
 }
 
 // keyringFile is the outer, plain part of the keyring file.
@@ -346,7 +438,7 @@ func parseKeyringFile(data []byte) (keyringFile, error) {
 	}
 	p := kdfParams{salt: kf.Salt, time: kf.Time, memoryKiB: kf.MemoryKiB, threads: kf.Threads}
 	if err := p.validate(); err != nil {
-		return keyringFile{}, fmt.Errorf("%w: %v: restore it from a backup", ErrKeyringCorrupt, err)
+		return keyringFile{}, fmt.Errorf("%w: %v: kmsfs never writes such KDF parameters and does not run them (a damaged keyring, or one planted by someone else): restore it from a backup", ErrKeyringCorrupt, err)
 	}
 	if len(kf.Salt) < 8 || len(kf.Salt) > 64 {
 		return keyringFile{}, fmt.Errorf("%w: salt of %d bytes: restore it from a backup", ErrKeyringCorrupt, len(kf.Salt))
@@ -364,11 +456,11 @@ func (p kdfParams) validate() error {
 	if p.time < 1 || p.time > maxArgonTime {
 		return fmt.Errorf("argon2id time %d outside 1..%d", p.time, maxArgonTime)
 	}
-	if p.threads < 1 {
-		return fmt.Errorf("argon2id threads %d, want at least 1", p.threads)
+	if p.threads < 1 || p.threads > maxArgonThreads {
+		return fmt.Errorf("argon2id threads %d outside 1..%d", p.threads, maxArgonThreads)
 	}
 	if p.memoryKiB < minArgonMemoryKiB || p.memoryKiB < 8*uint32(p.threads) || p.memoryKiB > maxArgonMemoryKiB {
-		return fmt.Errorf("argon2id memory %d KiB outside %d..%d for %d threads", p.memoryKiB, max(minArgonMemoryKiB, 8*uint32(p.threads)), maxArgonMemoryKiB, p.threads)
+		return fmt.Errorf("argon2id memory %d KiB outside %d..%d (1 GiB) for %d threads", p.memoryKiB, max(minArgonMemoryKiB, 8*uint32(p.threads)), maxArgonMemoryKiB, p.threads)
 	}
 	return nil
 }

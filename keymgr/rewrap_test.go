@@ -56,7 +56,7 @@ func newRWEnv(t testing.TB, prov func(t testing.TB) (Provider, string)) *rwEnv {
 		raw, arn = prov(t)
 	}
 	e.audit = filepath.Join(t.TempDir(), "audit.log")
-	a, err := OpenAuditLog(e.audit)
+	a, err := OpenAuditLog(e.audit, AuditOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

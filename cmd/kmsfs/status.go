@@ -32,15 +32,15 @@ type statusReport struct {
 	// RewrapEpoch and RewrapPending are kmsfs.conf's aws rewrap marker.
 	RewrapEpoch   uint32 `json:"rewrap_epoch,omitempty"`
 	RewrapPending bool   `json:"rewrap_pending,omitempty"`
-	// KMSCalls counts the KMS calls in .kmsfs/audit.log per op, whatever
-	// their outcome.
+	// KMSCalls counts the KMS calls in .kmsfs/audit.log and its rotated
+	// logs (audit.log.1 ...) per op, whatever their outcome.
 	KMSCalls map[string]int `json:"kms_calls"`
 	// KeyStores: the mount's DEK cache and pool (mounted only).
 	KeyStores *keyStores `json:"key_stores,omitempty"`
 
 	unreadable int    // cipher files with no valid header (headers source only)
 	note       string // why the counts come from the headers
-	auditNote  string // why KMSCalls stops short of the end of the audit log
+	auditNote  string // the damaged audit log lines KMSCalls skips, or why it stops short
 }
 
 type keyVersions struct {
@@ -205,7 +205,7 @@ func printStatus(w io.Writer, r statusReport) {
 	fmt.Fprintf(w, "kms calls: GenerateDataKey %d, Decrypt %d, ReEncrypt %d, DescribeKey %d (from the audit log)\n",
 		r.KMSCalls[keymgr.AuditGenerateDataKey], r.KMSCalls[keymgr.AuditDecrypt], r.KMSCalls[keymgr.AuditReEncrypt], r.KMSCalls[keymgr.AuditDescribeKey])
 	if r.auditNote != "" {
-		fmt.Fprintf(w, "kms calls counted up to a damaged line: %s\n", r.auditNote)
+		fmt.Fprintf(w, "kms calls not all counted: %s\n", r.auditNote)
 	}
 	if r.unreadable > 0 {
 		fmt.Fprintf(w, "unreadable: %d (no valid header: run kmsfs fsck)\n", r.unreadable)
