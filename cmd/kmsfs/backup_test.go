@@ -92,7 +92,7 @@ func (e *offlineEnv) write(entries map[string]plainEntry) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := providerSpecOf(&globals{}, conf)
+	spec, err := providerSpecOf(&globals{}, e.dir, conf)
 	if err != nil {
 		t.Fatal(err)
 	}

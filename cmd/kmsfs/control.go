@@ -137,7 +137,8 @@ type controlServer struct {
 	prov   keymgr.Provider
 	ix     *keymgr.Index
 	mgr    *keymgr.Manager
-	reload func() error // re-read the local keyring now; nil for aws
+	reload func() error                         // re-read the local keyring now; nil for aws
+	trust  func(keyARN string, wrap bool) error // rewrapEnv.trust
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -161,7 +162,10 @@ type controlOptions struct {
 	Index     *keymgr.Index
 	Manager   *keymgr.Manager
 	Reload    func() error
-	Logger    *slog.Logger
+	// Trust adds a rewrap --to target to the keys the mount may use and
+	// to the user's trust record (rewrapEnv.trust); nil: none.
+	Trust  func(keyARN string, wrap bool) error
+	Logger *slog.Logger
 
 	// Limits; zero means the default (controlMaxConns,
 	// controlRequestTimeout, controlMaxRequest). Tests make them small.
@@ -190,7 +194,7 @@ func startControl(o controlOptions) (*controlServer, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &controlServer{
 		path: o.Path, ln: ln, log: o.Logger.With("component", "control"), dir: o.CipherDir,
-		prov: o.Provider, ix: o.Index, mgr: o.Manager, reload: o.Reload,
+		prov: o.Provider, ix: o.Index, mgr: o.Manager, reload: o.Reload, trust: o.Trust,
 		ctx: ctx, cancel: cancel, conf: o.Conf,
 		slots:      make(chan struct{}, cmp.Or(o.MaxConns, controlMaxConns)),
 		reqTimeout: cmp.Or(o.RequestTimeout, controlRequestTimeout),
@@ -418,6 +422,7 @@ func (s *controlServer) rewrap(ctx context.Context, req rewrapRequest, send func
 	env := rewrapEnv{
 		dir: s.dir, conf: &conf, prov: s.prov, ix: s.ix, log: s.log, online: true,
 		setWrapKey: s.mgr.SetWrapKey,
+		trust:      s.trust,
 	}
 	sum, err := runRewrapJob(ctx, env, req, progress)
 	s.mu.Lock()

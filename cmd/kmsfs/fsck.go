@@ -109,6 +109,8 @@ type fsckRun struct {
 	names     *crypto.NameCipher // nil: names not checked (plaintext, or the key did not unwrap)
 	plainDirs map[string]string  // cipher path -> plain path ('?' for a name that did not map), directories only
 	dirs      []*fsckDir         // every directory, for the second pass
+
+	trusted []string // the trust record's keys; nil: not checked (no record)
 }
 
 func (r *fsckRun) add(f finding) { r.findings = append(r.findings, f) }
@@ -127,6 +129,11 @@ func runFsck(ctx context.Context, g *globals, arg string, repair bool, out, errw
 	}
 	r := &fsckRun{dir: dir, layout: conf.Layout(), repair: repair, encrypted: conf.EncryptedNames(),
 		seen: map[crypto.FileID]string{}, inodes: map[[2]uint64]bool{}, plainDirs: map[string]string{".": ""}}
+	if rec, err := checkTrust(g, dir, conf); err == nil {
+		r.trusted = rec.Keys
+	} else {
+		r.notes = append(r.notes, "the keys files name were not checked: "+oneLine(err.Error()))
+	}
 
 	indexPath := cipherdir.IndexDir(dir)
 	r.ix, err = openCipherIndex(dir, keymgr.IndexOptions{ReadOnly: !repair})
@@ -379,7 +386,24 @@ func (r *fsckRun) checkFile(dirfd int, entry, rel string) {
 		}
 		r.add(fd)
 	}
+	r.checkKeys(rel, h)
 	r.checkIndexEntry(rel, h)
+}
+
+// checkKeys reports a header that names a key the user's trust record
+// does not hold: the mount refuses to ask the KMS about it, so the file
+// reads EIO. It is a file planted by a writer of the cipher directory, or
+// one wrapped under a key of the user's that was never trusted here.
+func (r *fsckRun) checkKeys(rel string, h crypto.Header) {
+	if r.trusted == nil {
+		return
+	}
+	for _, k := range h.Keys {
+		if !slices.Contains(r.trusted, k.KeyARN) {
+			r.add(finding{rel: rel, id: h.FileID.String(), problem: fmt.Sprintf(
+				"wrapped under key %s, which you do not trust for this filesystem: it reads EIO and no KMS is asked; if it was planted, remove it; if the key is yours, trust it with kmsfs trust --key %s", k.KeyARN, k.KeyARN)})
+		}
+	}
 }
 
 // noValidHeader: neither slot decodes. The index may still hold the

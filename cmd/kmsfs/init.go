@@ -128,7 +128,7 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	if err != nil {
 		return err
 	}
-	spec := providerSpec{kind: f.kms, create: true}
+	spec := providerSpec{kind: f.kms, create: true, pin: true}
 	switch f.kms {
 	case cipherdir.ProviderLocal:
 		if spec.keyringPath, err = keyringPath(g); err != nil {
@@ -179,6 +179,8 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	case !md.EncryptDecrypt:
 		return fmt.Errorf("key %s (%s) is not for encryption (key usage is not ENCRYPT_DECRYPT): choose or create a key with usage ENCRYPT_DECRYPT", ref, md.ARN)
 	}
+	// The key the user named is the one key this filesystem trusts.
+	p.pinned.Trust(md.ARN)
 
 	fsid, err := cipherdir.NewFilesystemID(rand.Reader)
 	if err != nil {
@@ -211,7 +213,7 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 	if err := os.Mkdir(cipherdir.MetaDir(dir), 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", cipherdir.MetaDir(dir), err)
 	}
-	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(dir))
+	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(dir), g.audit)
 	if err != nil {
 		return fmt.Errorf("open audit log %s: %w", cipherdir.AuditPath(dir), err)
 	}
@@ -232,7 +234,16 @@ func runInit(ctx context.Context, g *globals, f *initFlags, dirArg string, out i
 			return err
 		}
 	}
-	// kmsfs.conf last: its presence marks a finished cipher directory.
+	// The trust record before kmsfs.conf, whose presence marks a finished
+	// cipher directory: every later command checks kmsfs.conf against it.
+	if err := saveTrust(recordOf(conf, dir)); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			os.Remove(trustPath(conf.FilesystemID))
+		}
+	}()
 	if err := cipherdir.Save(dir, conf); err != nil {
 		return err
 	}

@@ -8,10 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kmsfs/kmsfs/keymgr"
 )
 
 // Exit codes.
@@ -36,9 +39,11 @@ type globals struct {
 	keyring        string
 	passphraseFile string
 	aws            awsFlags
+	audit          keymgr.AuditOptions // --audit-max-size, --audit-keep
 }
 
 func main() {
+	ownsEnvironment = true // harden.go: the passphrase leaves this process's environment
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -104,6 +109,9 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error { return cmd.Help() },
+		// Every command, not only mount: no core, not dumpable, no
+		// passphrase in the environment (harden.go).
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error { return hardenProcess(slog.Default()) },
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -117,6 +125,8 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 	pf.StringVar(&g.aws.region, "aws-region", "", "aws provider: region (default $AWS_REGION, else kmsfs.conf, else the key ARN's)")
 	pf.StringVar(&g.aws.endpoint, "aws-endpoint", "", "aws provider: KMS endpoint URL, e.g. for local-kms or LocalStack (default $AWS_ENDPOINT_URL_KMS, else kmsfs.conf)")
 	pf.StringVar(&g.aws.profile, "aws-profile", "", "aws provider: shared config profile (default $AWS_PROFILE, else kmsfs.conf)")
+	pf.Var((*keymgr.AuditSize)(&g.audit.MaxSize), "audit-max-size", "rotate .kmsfs/audit.log to audit.log.1 before it passes this size, in bytes or with a K, M or G suffix (default 16M)")
+	pf.IntVar(&g.audit.Keep, "audit-keep", keymgr.DefaultAuditKeep, "rotated audit logs to keep, audit.log.1 (newest) to audit.log.N (1..99)")
 
 	root.AddCommand(
 		newInitCmd(g),
@@ -131,6 +141,7 @@ $KMSFS_PASSPHRASE, else asked on the terminal. The keyring path is
 		newVerifyCmd(g),
 		newPathCmd(g),
 		newIndexCmd(g),
+		newTrustCmd(g),
 	)
 	return root
 }

@@ -132,7 +132,7 @@ func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, erro
 	if err := checkMountpoint(t.mountpoint, t.cipherDir, mounts); err != nil {
 		return t, err
 	}
-	if t.spec, err = providerSpecOf(g, t.conf); err != nil {
+	if t.spec, err = providerSpecOf(g, t.cipherDir, t.conf); err != nil {
 		return t, err
 	}
 	// access(2) answers EROFS for a read-only mount, EACCES for modes.
@@ -281,6 +281,7 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 		return fmt.Errorf("open mount log: %w", err)
 	}
 	args := []string{"mount", "--foreground", "--passphrase-fd", "3", "--ready-fd", "4"}
+	args = append(args, "--audit-max-size", keymgr.AuditSize(g.audit.MaxSize).String(), "--audit-keep", fmt.Sprint(g.audit.Keep))
 	if t.spec.keyringPath != "" {
 		args = append(args, "--keyring", t.spec.keyringPath)
 	}
@@ -419,6 +420,7 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 		cacheEntries: cacheEntries,
 		poolSize:     poolSize,
 		logger:       log,
+		audit:        g.audit,
 	}
 	if !t.writable {
 		// A read-only cipher directory (checked: only with --ro): no
@@ -476,6 +478,7 @@ func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report fun
 			Index:     ks.index,
 			Manager:   mgr,
 			Reload:    ks.prov.keyringReloader(),
+			Trust:     trustFor(ks.prov.pinned, ks.conf.FilesystemID),
 			Logger:    log,
 		})
 		if cerr != nil {

@@ -69,11 +69,19 @@ type providerSpec struct {
 	keyringPath string   // local: absolute keyring path
 	create      bool     // local: create the keyring when it does not exist
 	aws         awsFlags // aws: region, endpoint, profile, already resolved
+	// pin: the provider uses only the trusted keys (more may be added
+	// with openedProvider.pinned.Trust, as init does once its key is
+	// resolved). Off only for the keyring commands, which name no
+	// filesystem.
+	pin     bool
+	trusted []string
 }
 
 // openedProvider is an open KMS and what must be closed with it.
 type openedProvider struct {
 	keymgr.Provider
+	// pinned is Provider when the spec pins keys (nil otherwise).
+	pinned         *keymgr.PinnedProvider
 	keyring        *keymgr.Keyring // local only
 	keyringPath    string
 	createdKeyring bool     // this call created the keyring file
@@ -102,14 +110,27 @@ func (o *openedProvider) discard() {
 }
 
 func openProvider(spec providerSpec, pass passSource) (*openedProvider, error) {
+	var o *openedProvider
+	var err error
 	switch spec.kind {
 	case cipherdir.ProviderLocal:
-		return openLocal(spec, pass)
+		o, err = openLocal(spec, pass)
 	case cipherdir.ProviderAWS:
-		return openAWS(spec)
+		if err := checkEndpoint(spec.aws.endpoint); err != nil {
+			return nil, err
+		}
+		o, err = openAWS(spec)
 	default:
 		return nil, usagef("unknown KMS provider %q: use local or aws", spec.kind)
 	}
+	if err != nil {
+		return nil, err
+	}
+	if spec.pin {
+		o.pinned = keymgr.NewPinnedProvider(o.Provider, spec.trusted)
+		o.Provider = o.pinned
+	}
+	return o, nil
 }
 
 func openAWS(spec providerSpec) (*openedProvider, error) {
@@ -165,7 +186,7 @@ func keyringError(path string, err error) error {
 	case errors.Is(err, keymgr.ErrKeyringNotFound), errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("keyring %s not found: create one with kmsfs init or kmsfs keys create, or point --keyring or %s at it", path, envKeyring)
 	case errors.Is(err, keymgr.ErrKeyringInsecure):
-		return fmt.Errorf("keyring %s is readable by group or others: chmod 600 %s", path, path)
+		return err // names the file or its directory, and the chmod to run
 	case errors.Is(err, keymgr.ErrKeyringCorrupt):
 		return fmt.Errorf("keyring %s is corrupt (%v): restore it from a backup", path, err)
 	case errors.Is(err, keymgr.ErrKeyringExists):
@@ -230,13 +251,23 @@ func awsStateFix(where string, md keymgr.KeyMetadata) string {
 	return fmt.Sprintf(": see `aws kms describe-key --key-id %s`", id)
 }
 
-// providerSpecOf is the spec that opens a cipher directory's provider:
-// kmsfs.conf's, with the command line's --keyring (a moved keyring) and
-// --aws-* flags and the AWS environment taking precedence.
-func providerSpecOf(g *globals, c cipherdir.Config) (providerSpec, error) {
-	spec := providerSpec{kind: c.Provider, keyringPath: c.Keyring}
-	if c.Provider == cipherdir.ProviderAWS {
-		spec.aws = g.aws.resolve(awsFlags{region: c.AWSRegion, endpoint: c.AWSEndpoint, profile: c.AWSProfile}, c.KeyARN)
+// providerSpecOf is the spec that opens a cipher directory's provider. It
+// is where kmsfs.conf meets the user's trust record (trust.go): a
+// difference is refused before any KMS call, and the KMS is reached with
+// the record's values, which the command line's --keyring (a moved
+// keyring) and --aws-* flags and the AWS environment override, never with
+// kmsfs.conf's. The provider it opens uses only the record's keys.
+func providerSpecOf(g *globals, dir string, c cipherdir.Config) (providerSpec, error) {
+	rec, err := checkTrust(g, dir, c)
+	if err != nil {
+		return providerSpec{}, err
+	}
+	spec := providerSpec{kind: rec.Provider, keyringPath: rec.Keyring, pin: true, trusted: rec.Keys}
+	if rec.Provider == cipherdir.ProviderAWS {
+		spec.aws = g.aws.resolve(awsFlags{region: rec.AWSRegion, endpoint: rec.AWSEndpoint, profile: rec.AWSProfile}, rec.KeyARN)
+		if err := checkEndpoint(spec.aws.endpoint); err != nil {
+			return spec, err
+		}
 		return spec, nil
 	}
 	if g.keyring != "" {

@@ -123,6 +123,25 @@ type rewrapEnv struct {
 	// setWrapKey, when set (a mount), makes new files wrap under the
 	// target from the start of the job.
 	setWrapKey func(keyARN string, epoch uint32) error
+	// trust adds a key to the keys the provider may use and to the
+	// user's trust record (trust.go); wrap also makes it the key new
+	// files wrap under in the record. A --to target is trusted before
+	// the first file moves to it: the user named it.
+	trust func(keyARN string, wrap bool) error
+}
+
+// trustFor is rewrapEnv.trust for a provider pinned by p and the trust
+// record of filesystem fsid.
+func trustFor(p *keymgr.PinnedProvider, fsid string) func(string, bool) error {
+	return func(keyARN string, wrap bool) error {
+		if p != nil {
+			p.Trust(keyARN)
+		}
+		if err := trustKey(fsid, keyARN, wrap); err != nil {
+			return fmt.Errorf("trust key %s: %w", keyARN, err)
+		}
+		return nil
+	}
 }
 
 // runRewrapJob is the whole rewrap: resolve the target, raise the aws
@@ -141,6 +160,16 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		return sum, keyError(ref, env.prov.Name()+" KMS", err)
 	}
 	migrating := tg.KeyARN != conf.KeyARN
+	if migrating && !req.DryRun && env.trust != nil {
+		if err := env.trust(tg.KeyARN, false); err != nil {
+			return sum, err
+		}
+	}
+	// A new full rewrap of an aws key re-encrypts every file: the epoch
+	// in a header is not authenticated, so a header claiming the new
+	// epoch proves nothing. Only a resumed run skips the files at its
+	// epoch (keymgr.RewrapOptions.Resume).
+	resume := conf.RewrapPending
 	save := func(c cipherdir.Config) error {
 		if err := cipherdir.Save(env.dir, c); err != nil {
 			return err
@@ -176,6 +205,7 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		Provider:     env.prov,
 		Index:        env.ix,
 		Target:       tg,
+		Resume:       resume,
 		Jobs:         req.Jobs,
 		DryRun:       req.DryRun,
 		Progress:     progress,
@@ -223,6 +253,11 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		c.Key, c.KeyARN, c.RewrapPending = req.To, tg.KeyARN, false
 		if err := save(c); err != nil {
 			return sum, fmt.Errorf("every file is wrapped under %s, but %w: run kmsfs rewrap --to %s again", tg.KeyARN, err, req.To)
+		}
+		if env.trust != nil {
+			if err := env.trust(tg.KeyARN, true); err != nil {
+				return sum, fmt.Errorf("kmsfs.conf now names %s, but %w: review it and accept it with kmsfs trust %s", tg.KeyARN, err, env.dir)
+			}
 		}
 		sum.ConfigUpdated, sum.Key = true, req.To
 	case conf.RewrapPending:
@@ -307,7 +342,7 @@ func runRewrap(g *globals, f *rewrapFlags, arg string, out, errw io.Writer) erro
 		return fmt.Errorf("header index of %s: %w", dir, err)
 	}
 	defer ix.Close()
-	spec, err := providerSpecOf(g, conf)
+	spec, err := providerSpecOf(g, dir, conf)
 	if err != nil {
 		return err
 	}
@@ -316,17 +351,18 @@ func runRewrap(g *globals, f *rewrapFlags, arg string, out, errw io.Writer) erro
 		return err
 	}
 	defer p.Close()
-	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(dir))
+	audit, err := keymgr.OpenAuditLog(cipherdir.AuditPath(dir), g.audit)
 	if err != nil {
 		return fmt.Errorf("open audit log %s: %w", cipherdir.AuditPath(dir), err)
 	}
 	defer audit.Close()
 	env := rewrapEnv{
-		dir:  dir,
-		conf: &conf,
-		prov: keymgr.NewAuditingProvider(p.Provider, audit, nil),
-		ix:   ix,
-		log:  slog.New(slog.DiscardHandler),
+		dir:   dir,
+		conf:  &conf,
+		prov:  keymgr.NewAuditingProvider(p.Provider, audit, nil),
+		ix:    ix,
+		log:   slog.New(slog.DiscardHandler),
+		trust: trustFor(p.pinned, conf.FilesystemID),
 	}
 	sum, err := runRewrapJob(ctx, env, req, bar.update)
 	bar.finish()

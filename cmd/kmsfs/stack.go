@@ -50,6 +50,7 @@ type stackOptions struct {
 	// Otherwise it is an error.
 	auditOptional bool
 	warn          io.Writer
+	audit         keymgr.AuditOptions // the audit log's size cap and rotated logs kept (zero: defaults)
 }
 
 // keyStack is an open key stack. Close releases it in reverse order and
@@ -82,7 +83,7 @@ func openKeyStack(ctx context.Context, dir string, conf cipherdir.Config, spec p
 		return s, err
 	}
 	var prov keymgr.Provider = s.prov.Provider
-	s.audit, err = keymgr.OpenAuditLog(cipherdir.AuditPath(dir))
+	s.audit, err = keymgr.OpenAuditLog(cipherdir.AuditPath(dir), o.audit)
 	switch {
 	case err == nil:
 		prov = keymgr.NewAuditingProvider(prov, s.audit, nil)
@@ -202,7 +203,7 @@ func openOfflineStack(ctx context.Context, g *globals, arg string, warn io.Write
 	if err != nil {
 		return nil, err
 	}
-	spec, err := providerSpecOf(g, conf)
+	spec, err := providerSpecOf(g, dir, conf)
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +213,7 @@ func openOfflineStack(ctx context.Context, g *globals, arg string, warn io.Write
 		poolSize:      1,
 		auditOptional: true,
 		warn:          warn,
+		audit:         g.audit,
 	})
 }
 
