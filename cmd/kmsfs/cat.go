@@ -66,17 +66,74 @@ func runCat(ctx context.Context, g *globals, dirArg, pathArg string, out, errw i
 	default:
 		return fmt.Errorf("%s is not a regular file (%v)", rel, cipherdir.StatInfo(rel, &st).Mode().Type())
 	}
-	f, err := loc.Open(unix.O_RDONLY | unix.O_NONBLOCK)
+	if testHookBeforeOpen != nil {
+		testHookBeforeOpen(rel)
+	}
+	f, err := openCipherEntry(loc.Parent, loc.Entry, rel, o.ks.dir)
 	if err != nil {
-		return fmt.Errorf("%s: %w", rel, err)
+		return err
 	}
 	cf, err := openCipherFile(ctx, o.ks, f, rel)
 	if err != nil {
 		return err
 	}
 	defer cf.Close()
+	if w, base, ok := sparseTarget(out); ok {
+		// A regular file written at its end: holes stay holes. The
+		// offset is left after the content, as a dense write leaves it.
+		n, err := cf.copySparse(w, base)
+		if _, serr := w.Seek(base+n, io.SeekStart); err == nil && serr != nil {
+			err = fmt.Errorf("write %s: %w", rel, serr)
+		}
+		return err
+	}
 	_, err = cf.copyTo(out)
 	return err
+}
+
+// testHookBeforeOpen, when set by a test, runs after cat or export has
+// looked at a cipher entry and before it opens it: the window in which a
+// writer of the cipher directory may swap the entry.
+var testHookBeforeOpen func(rel string)
+
+// openCipherEntry opens the cipher file entry of dirfd (rel, its plain
+// path, names it in errors) for reading with cipherdir.OpenRegularAt: a
+// FIFO, device or symlink put in its place after the walk is refused,
+// promptly and without being followed. dir is the cipher directory, for
+// the fix.
+func openCipherEntry(dirfd int, entry, rel, dir string) (*os.File, error) {
+	f, _, err := cipherdir.OpenRegularAt(dirfd, entry, rel)
+	if errors.Is(err, cipherdir.ErrNotRegular) {
+		return nil, fmt.Errorf("%s: its cipher file is %v now: the cipher directory changed under kmsfs or was tampered with; nothing was read from it: run kmsfs verify %s", rel, err, dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: open its cipher file: %w", rel, err)
+	}
+	return f, nil
+}
+
+// sparseTarget reports whether w is a regular file that copySparse may
+// write: not in append mode, and written at its end (so every byte it
+// skips reads as zeros); base is that end.
+func sparseTarget(w io.Writer) (f *os.File, base int64, ok bool) {
+	f, ok = w.(*os.File)
+	if !ok {
+		return nil, 0, false
+	}
+	fd := int(f.Fd())
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, 0, false
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_APPEND != 0 {
+		return nil, 0, false
+	}
+	base, err = unix.Seek(fd, 0, io.SeekCurrent)
+	if err != nil || base != st.Size {
+		return nil, 0, false
+	}
+	return f, base, true
 }
 
 // plainFile is an open cipher file ready to decrypt.
@@ -85,6 +142,7 @@ type plainFile struct {
 	id    crypto.FileID
 	hasID bool
 	f     *os.File
+	l     crypto.Layout
 	c     *crypto.ContentCipher // nil for an empty (0-byte) cipher file
 	cf    *cipherfile.File      // nil for an empty (0-byte) cipher file
 }
@@ -116,6 +174,7 @@ func openCipherFile(ctx context.Context, ks *keyStack, f *os.File, rel string) (
 		return p, nil
 	}
 	l := ks.conf.Layout()
+	p.l = l
 	pre, err := cipherfile.ReadPreamble(f)
 	if err != nil {
 		f.Close()
@@ -174,13 +233,99 @@ func (p *plainFile) copyTo(w io.Writer) (int64, error) {
 			return off, nil
 		}
 		if err != nil {
-			var ce *cipherfile.ChunkError
-			if errors.As(err, &ce) && errors.Is(err, crypto.ErrAuth) {
-				return off, fileError(p.rel, p.id, p.hasID, "chunk %d fails authentication (damaged or tampered): run kmsfs verify for the full list", ce.Index)
-			}
-			return off, fileError(p.rel, p.id, p.hasID, "read: %v", err)
+			return off, p.readError(err)
 		}
 	}
+}
+
+// readError says why a ReadAt of the content failed, with the fix.
+func (p *plainFile) readError(err error) error {
+	var ce *cipherfile.ChunkError
+	if errors.As(err, &ce) && errors.Is(err, crypto.ErrAuth) {
+		return fileError(p.rel, p.id, p.hasID, "chunk %d fails authentication (damaged or tampered): run kmsfs verify for the full list", ce.Index)
+	}
+	return fileError(p.rel, p.id, p.hasID, "read: %v", err)
+}
+
+// copySparse writes the plain content to the regular file w at offsets
+// base.., where everything reads as zeros already (a new file, or a file
+// written at its end), and returns the plain bytes copied. A whole chunk
+// that is a hole in the cipher file (found with SEEK_DATA, not read) or
+// opens to zeros is not written, so it stays a hole in w; w is then
+// extended with ftruncate to base plus the bytes copied, also when a
+// chunk fails authentication (everything before it is authentic, zeros
+// included). The last chunk is always read: it is never a hole, and one
+// that is must fail authentication as ReadAt reports it.
+func (p *plainFile) copySparse(w *os.File, base int64) (int64, error) {
+	if p.cf == nil {
+		return 0, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(p.f.Fd()), &st); err != nil {
+		return 0, fileError(p.rel, p.id, p.hasID, "fstat: %v", err)
+	}
+	// The best answer for a damaged size too: its last chunk is the cut
+	// one, which ReadAt reports.
+	plainSize, _ := p.l.PlainSize(st.Size)
+	plainLast := max(0, p.l.ChunkCount(plainSize)-1) << p.l.ChunkShift
+	chunk := int(p.l.ChunkSize())
+	buf := make([]byte, max(1<<20, chunk)) // a whole number of chunks
+	zero := make([]byte, chunk)
+	var off int64
+	extend := func(err error) (int64, error) {
+		var wst unix.Stat_t
+		ferr := unix.Fstat(int(w.Fd()), &wst)
+		if ferr == nil && wst.Size < base+off {
+			ferr = unix.Ftruncate(int(w.Fd()), base+off)
+		}
+		if err == nil && ferr != nil {
+			err = fmt.Errorf("write %s: %w", p.rel, ferr)
+		}
+		return off, err
+	}
+	for {
+		if off < plainLast {
+			off = p.nextData(off, plainLast)
+		}
+		n, err := p.cf.ReadAt(buf, off)
+		for i := 0; i < n; i += chunk {
+			piece := buf[i:min(i+chunk, n)]
+			if bytes.Equal(piece, zero[:len(piece)]) {
+				continue
+			}
+			if _, werr := w.WriteAt(piece, base+off+int64(i)); werr != nil {
+				off += int64(i)
+				return extend(fmt.Errorf("write %s: %w", p.rel, werr))
+			}
+		}
+		off += int64(n)
+		if errors.Is(err, io.EOF) {
+			return extend(nil)
+		}
+		if err != nil {
+			return extend(p.readError(err))
+		}
+	}
+}
+
+// nextData is the plain offset of the first chunk at or after the chunk
+// at plainOff that is not wholly a hole of the cipher file, at most
+// plainLast (the last chunk). Where SEEK_DATA is not supported it is
+// plainOff: every chunk is read.
+func (p *plainFile) nextData(plainOff, plainLast int64) int64 {
+	index := plainOff >> p.l.ChunkShift
+	cipherOff := p.l.CipherChunkOffset(index)
+	cipherData, err := unix.Seek(int(p.f.Fd()), cipherOff, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return plainLast // nothing but a hole up to the end
+	}
+	if err != nil || cipherData <= cipherOff {
+		return plainOff
+	}
+	// The chunk holding cipherData has data; those before it are zeros
+	// from cipherOff on, and a non-last chunk of zeros is a hole.
+	dataIndex := (cipherData - p.l.ContentOffset()) / p.l.CipherChunkSize()
+	return min(max(plainOff, dataIndex<<p.l.ChunkShift), plainLast)
 }
 
 // xattrs reads and opens the file's user.* extended attributes (stored
