@@ -9,6 +9,8 @@ package keymgr
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -244,6 +246,48 @@ func TestPinnedChecksAnswerKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPinnedRefusalIsAudited: stacked as the CLI stacks it,
+// Auditing(Pinned(real)), a refused call leaves an audit line naming the
+// key and the error.
+func TestPinnedRefusalIsAudited(t *testing.T) {
+	k := newPinKeys(t)
+	path := filepath.Join(t.TempDir(), "audit.log")
+	a, err := OpenAuditLog(path, AuditOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	inner := &pinCounter{Provider: k.local}
+	p := NewAuditingProvider(NewPinnedProvider(inner, []string{k.a.ARN}), a, nil)
+	ec := testContext(stFilesystemID, 3)
+	bad := k.writerEDK(t, ec)
+	if _, err := p.Decrypt(context.Background(), k.writerMD.ARN, bad.Ciphertext, ec); !errors.Is(err, ErrUntrustedKey) {
+		t.Fatalf("Decrypt: got %v, want %v", err, ErrUntrustedKey)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := ReadAudit(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 {
+		t.Fatalf("audit records: got %d, want 1", len(recs))
+	}
+	r := recs[0]
+	if r.Op != AuditDecrypt || r.KeyARN != k.writerMD.ARN || r.FileID != ec[ContextFile] || r.Outcome == "ok" || !strings.Contains(r.Error, ErrUntrustedKey.Error()) {
+		t.Errorf("audit record: got %+v, want a failed Decrypt of file %s with %s naming %q", r, ec[ContextFile], k.writerMD.ARN, ErrUntrustedKey)
+	}
+	if got := inner.calls(); got != 0 {
+		t.Errorf("inner calls: got %d, want 0", got)
 	}
 }
 
