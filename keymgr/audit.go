@@ -41,7 +41,7 @@ type AuditRecord struct {
 	KeyARN  string    `json:"key_arn"`
 	FileID  string    `json:"file_id"`
 	Purpose string    `json:"purpose,omitempty"` // kmsfs-purpose: "names" for the names key, absent for a file's
-	Outcome string    `json:"outcome"`           // "ok" or the error's short name, e.g. "KeyDisabled"
+	Outcome string    `json:"outcome"`           // "ok" or the error's short name, e.g. "KeyDisabled", "UntrustedKey"
 	Error   string    `json:"error,omitempty"`
 	// DestKeyARN is the key a ReEncrypt wrapped to (KeyARN is its source).
 	DestKeyARN string  `json:"dest_key_arn,omitempty"`
@@ -53,6 +53,10 @@ func auditOutcome(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
+	case errors.Is(err, ErrUntrustedKey):
+		return "UntrustedKey" // refused before any call: no KMS saw it
+	case errors.Is(err, ErrKeyMismatch):
+		return "KeyMismatch"
 	case errors.Is(err, ErrKeyNotFound):
 		return "KeyNotFound"
 	case errors.Is(err, ErrKeyDisabled):

@@ -236,6 +236,7 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 			return sum, fmt.Errorf("%w: every file is still readable; run kmsfs rewrap again to finish", err)
 		}
 		opts.Progress = nil
+		opts.Resume = true // later passes only look for files pass 0 did not see
 		if !env.online || req.DryRun || st.Failed > 0 || st.Rewrapped == 0 || pass+1 >= maxVerifyPasses {
 			break
 		}
