@@ -59,6 +59,7 @@ func TestGoldenV1Names(t *testing.T) {
 		t.Helper()
 		return f.kmsfs(append([]string{"--keyring", f.keyring, "--passphrase-file", passFile}, args...)...)
 	}
+	f.trustCopied()
 	sums := readSumFile(t, filepath.Join(goldenNames, "expected.sha256"))
 	links := readTabFile(t, filepath.Join(goldenNames, "expected.links"))
 	paths := readTabFile(t, filepath.Join(goldenNames, "expected.paths"))

@@ -37,6 +37,7 @@ func TestGoldenV1(t *testing.T) {
 	if err := os.WriteFile(f.keyring, kr, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	f.trustCopied()
 	want := readSumFile(t, filepath.Join(golden, "expected.sha256"))
 	if len(want) < 5 {
 		t.Fatalf("expected.sha256 lists %d files, want the golden set", len(want))

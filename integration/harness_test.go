@@ -1058,3 +1058,21 @@ func TestNeedlesScan(t *testing.T) {
 		})
 	}
 }
+
+// trustCopied accepts a cipher directory the fixture did not make (a
+// golden tree, a copy from elsewhere) the way a user restoring it would:
+// kmsfs trust --key with the key ARN its kmsfs.conf names.
+func (f *fixture) trustCopied() {
+	f.t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.cipher, "kmsfs.conf"))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var conf struct {
+		KeyARN string `json:"key_arn"`
+	}
+	if err := json.Unmarshal(b, &conf); err != nil || conf.KeyARN == "" {
+		f.t.Fatalf("kmsfs.conf of %s: no key_arn (%v)", f.cipher, err)
+	}
+	f.kmsfs("trust", "--key", conf.KeyARN, f.cipher)
+}

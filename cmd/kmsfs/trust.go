@@ -28,6 +28,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -91,7 +92,15 @@ func trustDir() string {
 	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
 		return filepath.Join(x, "kmsfs", "trusted")
 	}
-	home, _ := os.UserHomeDir()
+	home := os.Getenv("HOME")
+	if !filepath.IsAbs(home) {
+		// A service without HOME: the account's home from the user
+		// database, never a path relative to the working directory.
+		home = "/nonexistent"
+		if u, err := user.Current(); err == nil && filepath.IsAbs(u.HomeDir) {
+			home = u.HomeDir
+		}
+	}
 	return filepath.Join(home, ".config", "kmsfs", "trusted")
 }
 
