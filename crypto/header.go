@@ -17,6 +17,7 @@ package crypto
 // Trailing bytes are refused.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"unicode/utf8"
@@ -48,6 +49,22 @@ type Header struct {
 	FileID     FileID
 	Generation uint64
 	Keys       []WrappedKey
+}
+
+// Equal reports whether h and o are the same header: file ID, generation
+// and the same wrapped keys in the same order (what a header slot and an
+// index entry must agree on).
+func (h Header) Equal(o Header) bool {
+	if h.FileID != o.FileID || h.Generation != o.Generation || len(h.Keys) != len(o.Keys) {
+		return false
+	}
+	for i, k := range h.Keys {
+		ok := o.Keys[i]
+		if k.KeyARN != ok.KeyARN || k.KeyVersion != ok.KeyVersion || !bytes.Equal(k.EDK, ok.EDK) {
+			return false
+		}
+	}
+	return true
 }
 
 func (h Header) validate() error {
