@@ -1,5 +1,14 @@
 package fs
 
+// errno.go: the one place an error becomes an errno. go-fuse's fs.ToErrno
+// does not unwrap %w errors and answers ENOSYS for them, which the kernel
+// may remember for the whole mount; classify unwraps, maps the sentinels of
+// crypto, cipherdir and key management (keymgr/kmserr, so fs links neither
+// keymgr nor its badger index nor the AWS SDK), and never answers ENOSYS.
+//
+// Sentinels are tested before any wrapped syscall.Errno, so a KMS error
+// that wraps a network errno (ECONNREFUSED) still reads as EIO.
+
 import (
 	"context"
 	"errors"
@@ -8,20 +17,8 @@ import (
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
-	"github.com/kmsfs/kmsfs/keymgr"
+	"github.com/kmsfs/kmsfs/keymgr/kmserr"
 )
-
-// ErrnoOf is the one place an error becomes an errno. go-fuse's fs.ToErrno
-// does not unwrap %w errors and answers ENOSYS for them, which the kernel
-// may remember for the whole mount; ErrnoOf unwraps, maps the sentinels of
-// crypto and keymgr, and never answers ENOSYS.
-//
-// Sentinels are tested before any wrapped syscall.Errno, so a KMS error
-// that wraps a network errno (ECONNREFUSED) still reads as EIO.
-func ErrnoOf(err error) syscall.Errno {
-	errno, _ := classify(err)
-	return errno
-}
 
 // errnoRule maps every error that errors.Is one of its sentinels.
 type errnoRule struct {
@@ -43,19 +40,19 @@ var errnoRules = []errnoRule{
 		crypto.ErrUnsupportedVersion, crypto.ErrBadPreamble, crypto.ErrBadHeader,
 		crypto.ErrEmptySlot, crypto.ErrBadChecksum, crypto.ErrNoValidHeader,
 		crypto.ErrHeaderTooLarge, crypto.ErrLayoutMismatch, crypto.ErrBadLayout,
-		crypto.ErrBadFileID, keymgr.ErrInvalidCiphertext,
+		crypto.ErrBadFileID, kmserr.ErrInvalidCiphertext,
 	}},
 	// The key exists but may not be used: a permission problem to the
 	// caller, and its cause is in the log and the KMS audit trail.
 	{syscall.EACCES, []error{
-		keymgr.ErrAccessDenied, keymgr.ErrKeyDisabled,
-		keymgr.ErrKeyInvalidState, keymgr.ErrKeyNotFound,
+		kmserr.ErrAccessDenied, kmserr.ErrKeyDisabled,
+		kmserr.ErrKeyInvalidState, kmserr.ErrKeyNotFound,
 	}},
 	// The KMS or the index could not answer: files whose DEK is cached
 	// keep working, the others fail with EIO.
 	{syscall.EIO, []error{
-		keymgr.ErrKMSUnavailable, keymgr.ErrThrottled, keymgr.ErrNotIndexed,
-		keymgr.ErrIndexCorrupt, keymgr.ErrIndexLocked, keymgr.ErrMemlock,
+		kmserr.ErrKMSUnavailable, kmserr.ErrThrottled, kmserr.ErrNotIndexed,
+		kmserr.ErrIndexCorrupt, kmserr.ErrIndexLocked, kmserr.ErrMemlock,
 		context.DeadlineExceeded,
 	}},
 	// The caller was interrupted (FUSE INTERRUPT cancels the context).

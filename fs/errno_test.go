@@ -14,7 +14,7 @@ import (
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
-func TestErrnoOf(t *testing.T) {
+func TestClassify(t *testing.T) {
 	tests := []struct {
 		name  string
 		err   error
@@ -41,6 +41,11 @@ func TestErrnoOf(t *testing.T) {
 		{"key not found", keymgr.ErrKeyNotFound, syscall.EACCES, true},
 		{"kms unavailable over errno", fmt.Errorf("%w: dial: %w", keymgr.ErrKMSUnavailable, syscall.ECONNREFUSED), syscall.EIO, true},
 		{"throttled", keymgr.ErrThrottled, syscall.EIO, true},
+		{"untrusted key", fmt.Errorf("unwrap: %w", keymgr.ErrUntrustedKey), syscall.EIO, true},
+		{"key mismatch", fmt.Errorf("unwrap: %w", keymgr.ErrKeyMismatch), syscall.EIO, true},
+		{"invalid ciphertext", keymgr.ErrInvalidCiphertext, syscall.EIO, true},
+		{"index locked", keymgr.ErrIndexLocked, syscall.EIO, true},
+		{"memlock", fmt.Errorf("cache: %w", keymgr.ErrMemlock), syscall.EIO, true},
 		{"canceled", fmt.Errorf("open: %w", context.Canceled), syscall.EINTR, true},
 		{"negative offset", cipherfile.ErrNegativeOffset, syscall.EINVAL, true},
 		{"too large", cipherfile.ErrFileTooLarge, syscall.EFBIG, true},
@@ -48,10 +53,11 @@ func TestErrnoOf(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := ErrnoOf(tc.err); got != tc.want {
-				t.Errorf("ErrnoOf: got %v, want %v", got, tc.want)
+			got, known := classify(tc.err)
+			if got != tc.want {
+				t.Errorf("errno: got %v, want %v", got, tc.want)
 			}
-			if _, known := classify(tc.err); known != tc.known {
+			if known != tc.known {
 				t.Errorf("known: got %v, want %v", known, tc.known)
 			}
 		})

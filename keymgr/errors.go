@@ -1,36 +1,42 @@
 package keymgr
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/kmsfs/kmsfs/keymgr/kmserr"
+)
 
 // Sentinel errors. Providers and stores wrap them with context
 // (fmt.Errorf("decrypt %s: %w", fileID, ErrKeyDisabled)); callers test with
-// errors.Is. The fs package maps them to errno in one place.
+// errors.Is. The ones a layer above keymgr must recognise live in the leaf
+// package kmserr, which fs maps to errno in one place without linking
+// keymgr; they are the same values here, so either name matches.
 var (
 	// ErrKeyNotFound: the key reference names no key (NotFoundException).
-	ErrKeyNotFound = errors.New("key not found")
+	ErrKeyNotFound = kmserr.ErrKeyNotFound
 	// ErrKeyDisabled: the key exists but is disabled (DisabledException).
-	ErrKeyDisabled = errors.New("key is disabled")
+	ErrKeyDisabled = kmserr.ErrKeyDisabled
 	// ErrKeyInvalidState: pending deletion or otherwise unusable (KMSInvalidStateException).
-	ErrKeyInvalidState = errors.New("key is in an invalid state")
+	ErrKeyInvalidState = kmserr.ErrKeyInvalidState
 	// ErrAccessDenied: the caller may not use the key (AccessDeniedException).
-	ErrAccessDenied = errors.New("access to the key is denied")
+	ErrAccessDenied = kmserr.ErrAccessDenied
 	// ErrInvalidCiphertext: the EDK does not unwrap under this key and
 	// encryption context: tampering, or a file from another filesystem.
-	ErrInvalidCiphertext = errors.New("wrapped key does not match its key or encryption context")
+	ErrInvalidCiphertext = kmserr.ErrInvalidCiphertext
 	// ErrUntrustedKey: a header (or a KMS answer) names a key this
 	// filesystem does not trust; no call is made with it (pinned.go). It
 	// wraps ErrInvalidCiphertext, so it is an authentication failure of
 	// the file (EIO), and the Manager still falls back from a planted
 	// index entry to the file's own header mirror.
-	ErrUntrustedKey error = &kindOf{msg: "key is not trusted for this filesystem", kind: ErrInvalidCiphertext}
+	ErrUntrustedKey = kmserr.ErrUntrustedKey
 	// ErrKeyMismatch: the KMS answered for another key than the one the
 	// call named (a misrouted or impersonating endpoint); the answer's
 	// key material is zeroed and never used. It wraps ErrInvalidCiphertext.
-	ErrKeyMismatch error = &kindOf{msg: "the KMS answered with another key than the one asked for", kind: ErrInvalidCiphertext}
+	ErrKeyMismatch = kmserr.ErrKeyMismatch
 	// ErrKMSUnavailable: the KMS could not be reached or kept failing.
-	ErrKMSUnavailable = errors.New("KMS unavailable")
+	ErrKMSUnavailable = kmserr.ErrKMSUnavailable
 	// ErrThrottled: the KMS kept throttling after retries.
-	ErrThrottled = errors.New("KMS request throttled")
+	ErrThrottled = kmserr.ErrThrottled
 
 	// ErrWrongPassphrase: the keyring did not open with this passphrase.
 	ErrWrongPassphrase = errors.New("wrong passphrase for keyring")
@@ -44,22 +50,12 @@ var (
 	ErrKeyringCorrupt = errors.New("keyring file is corrupt")
 
 	// ErrNotIndexed: the header index has no entry for the file.
-	ErrNotIndexed = errors.New("file not in header index")
+	ErrNotIndexed = kmserr.ErrNotIndexed
 	// ErrIndexLocked: another process (a running mount) holds the index.
-	ErrIndexLocked = errors.New("header index is locked by another process")
+	ErrIndexLocked = kmserr.ErrIndexLocked
 	// ErrIndexCorrupt: the index or one of its values does not decode.
-	ErrIndexCorrupt = errors.New("header index is corrupt")
+	ErrIndexCorrupt = kmserr.ErrIndexCorrupt
 
 	// ErrMemlock: locked memory could not be obtained (RLIMIT_MEMLOCK).
-	ErrMemlock = errors.New("cannot lock memory for keys")
+	ErrMemlock = kmserr.ErrMemlock
 )
-
-// kindOf is a sentinel that is also a kind of another (errors.Is matches
-// both) without repeating the other's message.
-type kindOf struct {
-	msg  string
-	kind error
-}
-
-func (e *kindOf) Error() string { return e.msg }
-func (e *kindOf) Unwrap() error { return e.kind }
