@@ -73,7 +73,19 @@ func hardenProcess(log *slog.Logger) error {
 			log.Debug("passphrase left in the original environment block (the process is not dumpable, so only root can read it)", "err", err)
 		}
 	}
-	return harden() // mount.go: what the mount process does first
+	return harden()
+}
+
+// harden keeps key material out of core dumps and away from ptrace by other
+// processes of the user: the first thing a mount process does.
+func harden() error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("disable core dumps: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_DUMPABLE): %w", err)
+	}
+	return nil
 }
 
 // takeEnv moves name from the environment into takenEnv and zeroes its
