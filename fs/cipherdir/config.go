@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 )
 
 // FormatVersion is the kmsfs.conf format this build writes and reads.
@@ -277,8 +278,11 @@ func openConf(dir string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), ConfPath(dir)), nil
 }
 
-// Save validates c and writes CIPHERDIR/kmsfs.conf atomically (temp file,
-// fsync, rename, fsync of the directory), mode 0644: it holds no secrets.
+// Save validates c and writes CIPHERDIR/kmsfs.conf atomically
+// (atomicfile: temp file, fsync, rename, fsync of the directory), through
+// a handle of the cipher directory, so neither the temporary name nor
+// kmsfs.conf is followed if it is a symlink; mode 0644: it holds no
+// secrets.
 func Save(dir string, c Config) error {
 	if err := c.Validate(); err != nil {
 		return err
@@ -288,39 +292,13 @@ func Save(dir string, c Config) error {
 		return err
 	}
 	path := ConfPath(dir)
-	tmp, err := os.CreateTemp(dir, ".kmsfs.conf.tmp-*")
+	root, err := OpenRoot(dir)
 	if err != nil {
+		return fmt.Errorf("write %s: %w", path, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	defer unix.Close(root)
+	if err := atomicfile.WriteFileAt(root, ConfName, b, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmpName := tmp.Name()
-	fail := func(err error) error {
-		tmp.Close()
-		os.Remove(tmpName)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(b); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(tmpName)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmpName, path); err != nil {
-		os.Remove(tmpName)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", dir, err)
-		}
 	}
 	return nil
 }

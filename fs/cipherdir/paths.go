@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 )
 
 // Names inside a cipher directory (docs/format.md, "Cipher directory").
@@ -265,25 +267,16 @@ func RecordPath(runtimeDir, mountpoint string) string {
 	return filepath.Join(runtimeDir, hex.EncodeToString(sum[:16])+".json")
 }
 
-// WriteMountRecord writes r atomically to RecordPath(runtimeDir, r.Mountpoint).
+// WriteMountRecord writes r atomically (atomicfile: temp file, fsync,
+// rename, fsync of the directory) to RecordPath(runtimeDir, r.Mountpoint),
+// mode 0600.
 func WriteMountRecord(runtimeDir string, r MountRecord) error {
 	b, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("encode mount record: %w", err)
 	}
 	path := RecordPath(runtimeDir, r.Mountpoint)
-	tmp, err := os.CreateTemp(runtimeDir, ".record-*")
-	if err != nil {
-		return fmt.Errorf("write mount record: %w", err)
-	}
-	_, werr := tmp.Write(append(b, '\n'))
-	cerr := tmp.Close()
-	if werr != nil || cerr != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write mount record %s: %w", path, errors.Join(werr, cerr))
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600, atomicfile.TempPrefix(".record-")); err != nil {
 		return fmt.Errorf("write mount record %s: %w", path, err)
 	}
 	return nil
