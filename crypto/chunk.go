@@ -26,8 +26,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"reflect"
+	"runtime"
 	"slices"
 	"sync"
+	"unsafe"
 )
 
 const (
@@ -45,6 +48,11 @@ const (
 // ContentCipher seals and opens the chunks and xattr values of one file. It
 // is safe for concurrent use.
 type ContentCipher struct {
+	// aead holds the only copy of the file's key that the cipher keeps:
+	// the AES-256 key schedule (whose first two round keys are the DEK
+	// itself) and the GHASH table, in the Go heap. A cleanup zeroes it
+	// once the ContentCipher is unreachable (NewContentCipher), so every
+	// method that calls it keeps c alive to the end of the call.
 	aead   cipher.AEAD
 	id     FileID
 	layout Layout
@@ -59,10 +67,12 @@ type ContentCipher struct {
 }
 
 // NewContentCipher keys AES-256-GCM with dek (32 bytes) for file id. The DEK
-// is not retained beyond the AES key schedule; the caller may zero it on
-// return. r supplies nonces (crypto/rand.Reader when nil); it need not be
-// safe for concurrent use, as reads from any reader but crypto/rand.Reader
-// are serialized.
+// is not retained: the caller may zero it on return. Its one expansion, the
+// AEAD's key schedule and GHASH table in the Go heap, is zeroed by a cleanup
+// in the garbage collector's first cycle after the ContentCipher becomes
+// unreachable (NewAESGCM, WipeAEAD). r supplies nonces (crypto/rand.Reader
+// when nil); it need not be safe for concurrent use, as reads from any
+// reader but crypto/rand.Reader are serialized.
 func NewContentCipher(dek []byte, id FileID, l Layout, r io.Reader) (*ContentCipher, error) {
 	if len(dek) != DEKSize {
 		return nil, fmt.Errorf("content cipher %s: DEK of %d bytes, want %d: %w", id, len(dek), DEKSize, ErrBadSize)
@@ -70,15 +80,14 @@ func NewContentCipher(dek []byte, id FileID, l Layout, r io.Reader) (*ContentCip
 	if err := l.Validate(); err != nil {
 		return nil, fmt.Errorf("content cipher %s: %w", id, err)
 	}
-	block, err := aes.NewCipher(dek)
-	if err != nil {
-		return nil, fmt.Errorf("content cipher %s: %w", id, err)
-	}
-	aead, err := cipher.NewGCM(block)
+	aead, err := NewAESGCM(dek)
 	if err != nil {
 		return nil, fmt.Errorf("content cipher %s: %w", id, err)
 	}
 	c := &ContentCipher{aead: aead, id: id, layout: l, rand: r}
+	// The AEAD is reachable only through c: once c is not, nothing can
+	// use it, and the cleanup (which holds it until it has run) zeroes it.
+	runtime.AddCleanup(c, wipeContentAEAD, aead)
 	if r == nil {
 		c.rand = rand.Reader
 	} else if r != rand.Reader {
@@ -133,7 +142,7 @@ func (c *ContentCipher) SealChunk(dst []byte, index int64, last bool, plain []by
 	}
 	aad := c.chunkAAD(index, last)
 	out = c.aead.Seal(out, nonce, plain, aad[:])
-	c.aadPool.Put(aad)
+	c.aadPool.Put(aad) // keeps c alive past Seal (its cleanup zeroes c.aead)
 	return out, nil
 }
 
@@ -151,7 +160,7 @@ func (c *ContentCipher) OpenChunk(dst []byte, index int64, last bool, sealed []b
 	}
 	aad := c.chunkAAD(index, last)
 	out, err := c.aead.Open(dst, sealed[:NonceSize], sealed[NonceSize:], aad[:])
-	c.aadPool.Put(aad)
+	c.aadPool.Put(aad) // keeps c alive past Open (its cleanup zeroes c.aead)
 	if err != nil {
 		return dst, fmt.Errorf("open chunk %d (last %t): %w", index, last, ErrAuth)
 	}
@@ -193,7 +202,9 @@ func (c *ContentCipher) SealXattr(name string, value []byte) ([]byte, error) {
 	if err := c.readNonce(out); err != nil {
 		return nil, fmt.Errorf("seal xattr: nonce: %w", err)
 	}
-	return c.aead.Seal(out, out[:NonceSize], value, c.xattrAAD(name)), nil
+	out = c.aead.Seal(out, out[:NonceSize], value, c.xattrAAD(name))
+	runtime.KeepAlive(c) // its cleanup zeroes c.aead
+	return out, nil
 }
 
 // OpenXattr opens a value sealed by SealXattr for the same file and name.
@@ -203,6 +214,7 @@ func (c *ContentCipher) OpenXattr(name string, sealed []byte) ([]byte, error) {
 		return nil, fmt.Errorf("open xattr: %d bytes, want at least %d: %w", len(sealed), ChunkOverhead, ErrAuth)
 	}
 	value, err := c.aead.Open(nil, sealed[:NonceSize], sealed[NonceSize:], c.xattrAAD(name))
+	runtime.KeepAlive(c) // its cleanup zeroes c.aead
 	if err != nil {
 		return nil, fmt.Errorf("open xattr: %w", ErrAuth)
 	}
@@ -215,3 +227,65 @@ func (c *ContentCipher) OpenXattr(name string, sealed []byte) ([]byte, error) {
 // Zero clears b. Use it on key material (DEKs, passphrase-derived keys) as
 // soon as it is no longer needed.
 func Zero(b []byte) { clear(b) }
+
+// NewAESGCM keys AES-GCM (standard nonce and tag sizes) with key, leaving
+// one expansion of it in memory: the AEAD's own state. The standard library
+// expands the key into an AES block (the key schedule, in the Go heap) and
+// the GCM copies that schedule into its own state; NewAESGCM zeroes the
+// block at once instead of leaving it to the garbage collector, which never
+// clears freed memory. The caller zeroes the AEAD with WipeAEAD when done
+// with it; key itself is not retained.
+func NewAESGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	wipeState(block) // the GCM holds its own copy of the schedule
+	if err != nil {
+		return nil, err
+	}
+	return aead, nil
+}
+
+// WipeAEAD zeroes the state of an AEAD made by NewAESGCM (its key schedule
+// and GHASH table) and reports whether it could: the standard library's
+// AES-GCM is a pointer to a struct of plain arrays and integers, which is
+// checked here, so a future layout holding pointers is left alone (false)
+// rather than corrupted. The AEAD must not be used afterwards.
+func WipeAEAD(a cipher.AEAD) bool { return wipeState(a) }
+
+// wipeContentAEAD is the cleanup of a ContentCipher.
+func wipeContentAEAD(a cipher.AEAD) { wipeState(a) }
+
+// wipeState zeroes the memory p points to when p is a non-nil pointer to a
+// value that holds no pointers, and reports whether it did.
+func wipeState(p any) bool {
+	v := reflect.ValueOf(p)
+	if v.Kind() != reflect.Pointer || v.IsNil() || !pointerFree(v.Type().Elem()) {
+		return false
+	}
+	clear(unsafe.Slice((*byte)(v.UnsafePointer()), v.Type().Elem().Size()))
+	return true
+}
+
+// pointerFree reports whether t holds only numbers and booleans: zeroing
+// a value of t can break no pointer the garbage collector follows.
+func pointerFree(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return true
+	case reflect.Array:
+		return t.Len() == 0 || pointerFree(t.Elem())
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if !pointerFree(t.Field(i).Type) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}

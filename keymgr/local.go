@@ -18,7 +18,6 @@ package keymgr
 
 import (
 	"context"
-	"crypto/aes"
 	"crypto/cipher"
 	"encoding/binary"
 	"errors"
@@ -98,14 +97,11 @@ func localEDKAAD(keyID [keyIDSize]byte, version uint32, ec EncryptionContext) []
 	return append(b, canon...)
 }
 
-// aeadForSlot builds AES-256-GCM over a key in the slab. The AES key
-// schedule is a transient heap copy; the caller holds k.mu.
+// aeadForSlot builds AES-256-GCM over a key in the slab. Its key schedule
+// is a heap copy of the CMK: the caller holds k.mu and zeroes it with
+// crypto.WipeAEAD as soon as the one seal or open is done.
 func (k *Keyring) aeadForSlot(slot int) (cipher.AEAD, error) {
-	block, err := aes.NewCipher(k.slab.Slot(slot))
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
+	return crypto.NewAESGCM(k.slab.Slot(slot))
 }
 
 // wrapLocked seals dek under the current version of c. Caller holds k.mu.
@@ -121,6 +117,7 @@ func (k *Keyring) wrapLocked(c *cmk, dek []byte, ec EncryptionContext) ([]byte, 
 	if err != nil {
 		return nil, 0, err
 	}
+	defer crypto.WipeAEAD(aead)
 	aead.Seal(e.sealed[:0], e.nonce[:], dek, localEDKAAD(e.keyID, e.version, ec))
 	return e.marshal(), e.version, nil
 }
@@ -145,6 +142,7 @@ func (k *Keyring) unwrapLocked(c *cmk, blob []byte, ec EncryptionContext) ([]byt
 	if err != nil {
 		return nil, err
 	}
+	defer crypto.WipeAEAD(aead)
 	dek, err := aead.Open(make([]byte, 0, crypto.DEKSize), e.nonce[:], e.sealed[:], localEDKAAD(e.keyID, e.version, ec))
 	if err != nil {
 		return nil, fmt.Errorf("%w: the EDK does not open under key %s version %d and this encryption context (another file or filesystem, or altered)", ErrInvalidCiphertext, formatKeyID(c.id), e.version)
