@@ -55,16 +55,25 @@ func New(f *os.File, c *crypto.ContentCipher) (*File, error) {
 // just written it): it checks p against c the same way and reads nothing,
 // so opening a file costs one pread of its preamble, not two.
 func Open(f *os.File, c *crypto.ContentCipher, p crypto.Preamble) (*File, error) {
-	l := c.Layout()
-	if err := l.Validate(); err != nil {
+	cf, err := open(f, c, p)
+	if err != nil {
 		return nil, fmt.Errorf("open content of %s: %w", p.FileID, err)
 	}
+	return cf, nil
+}
+
+// open is Open with errors that do not name the file.
+func open(f *os.File, c *crypto.ContentCipher, p crypto.Preamble) (*File, error) {
+	l := c.Layout()
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
 	if got := p.Layout(); got != l {
-		return nil, fmt.Errorf("open content of %s: chunk/slot shift %d/%d, want %d/%d: %w",
-			p.FileID, got.ChunkShift, got.SlotShift, l.ChunkShift, l.SlotShift, crypto.ErrLayoutMismatch)
+		return nil, fmt.Errorf("chunk/slot shift %d/%d, want %d/%d: %w",
+			got.ChunkShift, got.SlotShift, l.ChunkShift, l.SlotShift, crypto.ErrLayoutMismatch)
 	}
 	if p.FileID != c.FileID() {
-		return nil, fmt.Errorf("open content of %s: content cipher is for %s: %w", p.FileID, c.FileID(), ErrFileIDMismatch)
+		return nil, fmt.Errorf("content cipher is for %s: %w", c.FileID(), ErrFileIDMismatch)
 	}
 	k := l.CipherChunkSize()
 	return &File{
@@ -80,6 +89,13 @@ func Open(f *os.File, c *crypto.ContentCipher, p crypto.Preamble) (*File, error)
 		cipherContentOff: l.ContentOffset(),
 	}, nil
 }
+
+// FileID is the file's ID, from its preamble.
+func (f *File) FileID() crypto.FileID { return f.id }
+
+// Cipher is the content cipher f seals and opens chunks with (and the
+// file's extended attributes are sealed under).
+func (f *File) Cipher() *crypto.ContentCipher { return f.c }
 
 // geom is what fstat says about the content.
 type geom struct {

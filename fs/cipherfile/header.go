@@ -9,7 +9,7 @@ package cipherfile
 // A new file gets the preamble, its header in slot 0 and an all-zero (empty)
 // slot 1 in one pwrite. A header update writes the other slot with
 // generation+1 and fsyncs, so a torn write damages only the slot being
-// written and ReadHeader falls back to the old one.
+// written and ReadHead falls back to the old one.
 
 import (
 	"errors"
@@ -57,37 +57,81 @@ func ReadPreamble(f *os.File) (crypto.Preamble, error) {
 	return p, nil
 }
 
-// ReadHeader reads the preamble and both header slots in one pread, checks
-// the preamble's layout is l (crypto.ErrLayoutMismatch otherwise) and
-// returns the valid header with the highest generation and the slot it came
-// from (crypto.PickSlot). The next WriteHeader goes to the other slot.
-func ReadHeader(f *os.File, l crypto.Layout) (crypto.Header, int, error) {
+// Head is a cipher file's head as ReadHead found it: the preamble, each
+// header slot decoded on its own, and the slot crypto.PickSlot picks. The
+// offline checkers (fsck, verify) report and repair from the per-slot
+// results; everything else needs only Header.
+type Head struct {
+	Preamble crypto.Preamble
+	// Slots[i] is slot i's header, or why it is not valid (Err wraps
+	// crypto.ErrEmptySlot for a slot never written, crypto.ErrBadChecksum for a
+	// torn one, crypto.ErrBadHeader for one that does not decode or names
+	// another file ID).
+	Slots [2]SlotResult
+	// Current is the slot Header came from; the next WriteHeader goes to
+	// the other.
+	Current int
+	Header  crypto.Header
+}
+
+// SlotResult is one header slot decoded on its own.
+type SlotResult struct {
+	Header crypto.Header
+	Err    error
+}
+
+// ReadHead reads the preamble and both header slots in one pread, checks
+// the preamble's layout is l and decodes each slot. What it returns with
+// an error depends on how far it got:
+//   - the head does not read, or the preamble does not parse (a file
+//     shorter than 32 bytes is crypto.ErrNotCipherFile): an empty Head;
+//   - the layout is not l: Preamble set, the error wraps
+//     crypto.ErrLayoutMismatch;
+//   - neither slot is valid: Preamble and Slots set, the error wraps
+//     crypto.ErrNoValidHeader and both slots' causes.
+//
+// A head cut short reads as zeros where it is missing: a slot cut into
+// fails its CRC, a slot wholly missing reads as empty.
+func ReadHead(f *os.File, l crypto.Layout) (Head, error) {
 	if err := l.Validate(); err != nil {
-		return crypto.Header{}, 0, fmt.Errorf("read header: %w", err)
+		return Head{}, fmt.Errorf("read header: %w", err)
 	}
 	head := make([]byte, l.ContentOffset())
 	n, err := f.ReadAt(head, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return crypto.Header{}, 0, fmt.Errorf("read header: %w", ioErr(err))
+		return Head{}, fmt.Errorf("read header: %w", ioErr(err))
 	}
 	p, err := crypto.ParsePreamble(head[:min(n, crypto.PreambleSize)])
 	if err != nil {
-		return crypto.Header{}, 0, fmt.Errorf("read header: %w", err)
+		return Head{}, fmt.Errorf("read header: %w", err)
 	}
+	hd := Head{Preamble: p}
 	if got := p.Layout(); got != l {
-		return crypto.Header{}, 0, fmt.Errorf("read header of %s: chunk/slot shift %d/%d, want %d/%d: %w",
+		return hd, fmt.Errorf("read header of %s: chunk/slot shift %d/%d, want %d/%d: %w",
 			p.FileID, got.ChunkShift, got.SlotShift, l.ChunkShift, l.SlotShift, crypto.ErrLayoutMismatch)
 	}
-	// A head cut short leaves zeros in the missing part: a slot cut
-	// into fails its CRC, a slot wholly missing reads as empty.
 	clear(head[n:])
-	s0 := head[l.SlotOffset(0):l.SlotOffset(1)]
-	s1 := head[l.SlotOffset(1):l.ContentOffset()]
-	h, slot, err := crypto.PickSlot(s0, s1, p.FileID)
-	if err != nil {
-		return crypto.Header{}, 0, fmt.Errorf("read header of %s: %w", p.FileID, err)
+	slot := func(i int) []byte { return head[l.SlotOffset(i) : l.SlotOffset(i)+l.SlotSize()] }
+	for i := range hd.Slots {
+		hd.Slots[i].Header, hd.Slots[i].Err = crypto.DecodeSlot(slot(i), p.FileID)
 	}
-	return h, slot, nil
+	// PickSlot is the one rule for which slot wins; it decodes the
+	// slots again, which costs two CRCs next to a pread.
+	hd.Header, hd.Current, err = crypto.PickSlot(slot(0), slot(1), p.FileID)
+	if err != nil {
+		return hd, fmt.Errorf("read header of %s: %w", p.FileID, err)
+	}
+	return hd, nil
+}
+
+// ReadHeader is ReadHead for a caller that needs only the header: the
+// valid header with the highest generation and the slot it came from.
+func ReadHeader(f *os.File, l crypto.Layout) (crypto.Header, int, error) {
+	hd, err := ReadHead(f, l)
+	if err != nil {
+		return crypto.Header{}, 0, err
+	}
+	return hd.Header, hd.Current, nil
 }
 
 // WriteHeader writes h into slot 1-curSlot, curSlot being the slot
