@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
@@ -108,47 +106,12 @@ func (r *root) openCipher(l loc, write bool) (*os.File, bool, syscall.Stat_t, ui
 
 // openWriteOnly opens a file its owner may write but not read (mode
 // u+w, u-r) for writing. Every write reads the cipher file (headers,
-// partial chunks), so this process needs it open O_RDWR: it lends the
-// owner read permission for the open(2) and takes it back at once (the
-// file's mode is as before; its ctime moves). Only the owner gets here:
-// anyone else keeps the EACCES of the first open.
+// partial chunks), so this process needs it open O_RDWR: the owner is lent
+// read permission for the open(2) alone (cipherdir.OpenLending; the file's
+// mode is as before, its ctime moves). Only the owner gets here: anyone
+// else keeps the EACCES of the first open.
 func openWriteOnly(dirfd int, entry string, flags int) (int, error) {
-	pfd, err := cipherdir.OpenAt(dirfd, entry, unix.O_PATH, 0)
-	if err != nil {
-		return -1, syscall.EACCES
-	}
-	defer unix.Close(pfd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(pfd, &st); err != nil {
-		return -1, syscall.EACCES
-	}
-	mode := st.Mode & 0o7777
-	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || int(st.Uid) != syscall.Geteuid() || mode&0o600 != 0o200 {
-		return -1, syscall.EACCES
-	}
-	// Through the O_PATH handle, so the mode lent and the file opened
-	// are the same inode even if the name changes in between.
-	if err := cipherdir.ChmodFd(pfd, mode|0o400); err != nil {
-		return -1, syscall.EACCES
-	}
-	fd, err := openNoatime(dirfd, entry, syscall.O_RDWR|flags)
-	if err != nil {
-		cipherdir.ChmodFd(pfd, mode)
-		return -1, err
-	}
-	// The name may have changed hands in between: the file opened must
-	// be the inode lent the mode.
-	var fst syscall.Stat_t
-	if err := syscall.Fstat(fd, &fst); err != nil || fst.Dev != st.Dev || fst.Ino != st.Ino {
-		syscall.Close(fd)
-		cipherdir.ChmodFd(pfd, mode)
-		return -1, syscall.EACCES
-	}
-	if err := syscall.Fchmod(fd, mode); err != nil {
-		syscall.Close(fd)
-		return -1, err
-	}
-	return fd, nil
+	return cipherdir.OpenLending(dirfd, entry, syscall.O_RDWR|syscall.O_NOATIME|flags, cipherdir.LendRead)
 }
 
 // openNoatime opens entry in dirfd (never following a symlink) with
