@@ -279,40 +279,32 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 			}
 			return err
 		}
-		return r.setCipher(of, cc, crypto.NewPreamble(r.layout, h.FileID))
+		// The head just written: its preamble is known.
+		cf, err := cipherfile.Open(of.f, cc, crypto.NewPreamble(r.layout, h.FileID))
+		if err != nil {
+			return err
+		}
+		r.setContent(of, cf)
+		return nil
 	}
-	p, err := cipherfile.ReadPreamble(of.f)
-	if err != nil {
-		return err
-	}
-	if p.FileID == crypto.NamesKeyID {
-		// The names key's head: never a file's content key.
-		return fmt.Errorf("inode %d claims the names key's file ID: %w", of.key.ino, crypto.ErrBadHeader)
-	}
-	if p.Layout() != r.layout {
-		return fmt.Errorf("inode %d: %w", of.key.ino, crypto.ErrLayoutMismatch)
-	}
-	cc, err := r.keys.OpenFile(keyContext(ctx), p.FileID, func() (crypto.Header, error) {
-		h, _, err := cipherfile.ReadHeader(of.f, r.layout)
-		return h, err
+	cf, err := cipherfile.OpenContent(of.f, r.layout, func(id crypto.FileID, header func() (crypto.Header, error)) (*crypto.ContentCipher, error) {
+		return r.keys.OpenFile(keyContext(ctx), id, header)
 	})
-	if err != nil {
-		r.log.Warn("cannot open file key", "op", "open", "inode", of.key.ino, "file_id", p.FileID.String(), "err", err.Error())
-		return fmt.Errorf("open file key %s: %w", p.FileID, err)
+	var oe *cipherfile.OpenError
+	if errors.As(err, &oe) && oe.Key {
+		r.log.Warn("cannot open file key", "op", "open", "inode", of.key.ino, "file_id", oe.Preamble.FileID.String(), "err", oe.Err.Error())
 	}
-	return r.setCipher(of, cc, p)
+	if err != nil {
+		return fmt.Errorf("inode %d: %w", of.key.ino, err)
+	}
+	r.setContent(of, cf)
+	return nil
 }
 
-// setCipher installs the content cipher of an entry whose preamble p has
-// been read (or just written). Caller holds of.mu.
-func (r *root) setCipher(of *openFile, cc *crypto.ContentCipher, p crypto.Preamble) error {
-	cf, err := cipherfile.Open(of.f, cc, p)
-	if err != nil {
-		return err
-	}
-	of.cc, of.cf = cc, cf
-	r.ids.put(of.key, of.gen, cc.FileID())
-	return nil
+// setContent installs the content view of an entry. Caller holds of.mu.
+func (r *root) setContent(of *openFile, cf *cipherfile.File) {
+	of.cc, of.cf = cf.Cipher(), cf
+	r.ids.put(of.key, of.gen, cf.FileID())
 }
 
 // newOpenFile registers the entry of a file just created (f holds its new

@@ -36,23 +36,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if of.cc == nil {
 		return 0, syscall.ENODATA
 	}
-	fd := int(of.f.Fd())
-	var sealed []byte
-	for {
-		sz, err := unix.Fgetxattr(fd, attr, nil)
-		if err != nil {
-			return 0, n.r.errno("getxattr", n.ino(), err)
-		}
-		sealed = make([]byte, sz)
-		got, err := unix.Fgetxattr(fd, attr, sealed)
-		if err == syscall.ERANGE {
-			continue // grew in between
-		}
-		if err != nil {
-			return 0, n.r.errno("getxattr", n.ino(), err)
-		}
-		sealed = sealed[:got]
-		break
+	sealed, err := cipherdir.GetXattrFd(int(of.f.Fd()), attr)
+	if err != nil {
+		return 0, n.r.errno("getxattr", n.ino(), err)
 	}
 	value, err := of.cc.OpenXattr(attr, sealed)
 	if err != nil {
@@ -143,30 +129,17 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if !n.isReg() {
 		return 0, 0
 	}
-	var raw []byte
+	var names []string
 	err := n.r.withRegular(n, func(p string) error {
-		for {
-			sz, err := unix.Listxattr(p, nil)
-			if err != nil {
-				return err
-			}
-			raw = make([]byte, sz)
-			got, err := unix.Listxattr(p, raw)
-			if err == syscall.ERANGE {
-				continue // grew in between
-			}
-			if err != nil {
-				return err
-			}
-			raw = raw[:got]
-			return nil
-		}
+		var err error
+		names, err = cipherdir.ListXattrPath(p)
+		return err
 	})
 	if err != nil {
 		return 0, n.r.errno("listxattr", n.ino(), err)
 	}
 	var list []byte
-	for _, name := range strings.Split(string(raw), "\x00") {
+	for _, name := range names {
 		if strings.HasPrefix(name, userPrefix) {
 			list = append(list, name...)
 			list = append(list, 0)
