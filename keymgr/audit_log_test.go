@@ -222,10 +222,18 @@ type syncRecorder struct {
 	mu    sync.Mutex
 	inos  []uint64
 	block chan struct{} // when set, each sync waits for it to be closed
-	err   error         // returned by each sync
+	// entered, when set, receives (without blocking) as a sync begins
+	entered chan struct{}
+	err     error // returned by each sync
 }
 
 func (s *syncRecorder) sync(f *os.File) error {
+	if s.entered != nil {
+		select {
+		case s.entered <- struct{}{}:
+		default:
+		}
+	}
 	if s.block != nil {
 		<-s.block
 	}
@@ -323,7 +331,7 @@ func TestAuditSyncsRotatedAndOnClose(t *testing.T) {
 // flusher's fsync hangs on a slow disk; the fsync's failure is reported
 // by the next Write.
 func TestAuditWriteDoesNotWaitForSync(t *testing.T) {
-	rec := &syncRecorder{block: make(chan struct{}), err: errors.New("EIO from the test")}
+	rec := &syncRecorder{block: make(chan struct{}), entered: make(chan struct{}, 1), err: errors.New("EIO from the test")}
 	path := filepath.Join(t.TempDir(), "audit.log")
 	a, err := OpenAuditLog(path, AuditOptions{syncEvery: 5 * time.Millisecond, sync: rec.sync})
 	if err != nil {
@@ -332,7 +340,12 @@ func TestAuditWriteDoesNotWaitForSync(t *testing.T) {
 	if err := a.Write(seqRecord(0)); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond) // the flusher is now blocked in fsync
+	select { // the flusher is now blocked in fsync
+	case <-rec.entered:
+	case <-time.After(10 * time.Second):
+		close(rec.block)
+		t.Fatal("the flusher never synced the written line")
+	}
 	done := make(chan error, 1)
 	go func() {
 		var err error

@@ -28,6 +28,7 @@ package keymgr
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,6 +55,15 @@ const (
 	poolMinBackoff = time.Second
 	poolMaxBackoff = time.Minute
 )
+
+// errPoolClosed is what a take on a closed pool returns.
+var errPoolClosed = errors.New("DEK pool: closed")
+
+// poolTimer is the backoff timer's one method the pool uses.
+type poolTimer interface{ Stop() bool }
+
+// realAfterFunc is time.AfterFunc as a poolTimer.
+func realAfterFunc(d time.Duration, f func()) poolTimer { return time.AfterFunc(d, f) }
 
 // pooledKey is a fresh key without its DEK (Take copies the DEK out to the
 // caller's buffer).
@@ -86,6 +96,9 @@ type poolOptions struct {
 	Refillers    int           // most GenerateDataKey calls in flight while refilling; 0: 1
 	MinBackoff   time.Duration // 0: poolMinBackoff
 	MaxBackoff   time.Duration // 0: poolMaxBackoff
+	// afterFunc schedules the backoff retry (nil: time.AfterFunc); tests
+	// put a manual clock here to fire it when they decide.
+	afterFunc func(time.Duration, func()) poolTimer
 }
 
 // dekPool is the pool; safe for concurrent use.
@@ -112,7 +125,7 @@ type dekPool struct {
 	// backoff is the wait before the next probe; retry, while set, waits it.
 	failing bool
 	backoff time.Duration
-	retry   *time.Timer
+	retry   poolTimer
 
 	generated, taken, fallbacks, waits, refillErrors atomic.Uint64
 }
@@ -129,6 +142,9 @@ func newDEKPool(o poolOptions) (*dekPool, error) {
 	}
 	if o.Counters == nil {
 		o.Counters = new(kmsCounters)
+	}
+	if o.afterFunc == nil {
+		o.afterFunc = realAfterFunc
 	}
 	if o.Refillers <= 0 {
 		o.Refillers = 1
@@ -217,7 +233,7 @@ func (p *dekPool) take(ctx context.Context, dek []byte) (pooledKey, error) {
 	}
 	if p.closed {
 		p.mu.Unlock()
-		return pooledKey{}, fmt.Errorf("DEK pool: closed")
+		return pooledKey{}, errPoolClosed
 	}
 	if err := ctx.Err(); err != nil {
 		p.mu.Unlock()
@@ -314,7 +330,7 @@ func (p *dekPool) refill() {
 			p.o.Logger.Warn("DEK pool refill failed; creates generate keys synchronously meanwhile",
 				"key_arn", p.o.KeyARN, "retry_in", p.backoff, "err", err)
 			p.refills.Add(1)
-			p.retry = time.AfterFunc(p.backoff, func() {
+			p.retry = p.o.afterFunc(p.backoff, func() {
 				defer p.refills.Done()
 				p.mu.Lock()
 				defer p.mu.Unlock()

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -55,15 +55,14 @@ func (k *stKMS) setEnabled(t *testing.T, enabled bool) {
 
 // stCountingProvider forwards to a real provider and counts calls. When
 // decryptGate is set, Decrypt signals decryptEntered and waits for the gate.
-// generateDelay adds a network's worth of latency to GenerateDataKey, and
-// generateInflight/maxGenerateInflight count the calls under way.
+// generateInflight/maxGenerateInflight count the GenerateDataKey calls
+// under way.
 type stCountingProvider struct {
 	Provider
 	generate, decrypt atomic.Int64
 	decryptGate       chan struct{}
 	decryptEntered    chan struct{}
 
-	generateDelay                         time.Duration
 	generateInflight, maxGenerateInflight atomic.Int64
 	// generateGate, when set, holds every GenerateDataKey until it can
 	// receive from it (one call per value sent; all once it is closed);
@@ -83,9 +82,6 @@ func (p *stCountingProvider) GenerateDataKey(ctx context.Context, keyRef string,
 		if n <= m || p.maxGenerateInflight.CompareAndSwap(m, n) {
 			break
 		}
-	}
-	if p.generateDelay > 0 {
-		time.Sleep(p.generateDelay)
 	}
 	if p.generateGate != nil {
 		p.gateWaiting.Add(1)
@@ -246,44 +242,160 @@ func TestPoolColdTakeGeneratesSynchronously(t *testing.T) {
 	}
 }
 
-// TestPoolRefillBacksOff: a failing KMS is retried with backoff, one
-// probe at a time however many refills may run (a probe per refiller
-// would multiply the calls against a KMS that is down), and a take
-// meanwhile fails with the KMS's error.
+// stTimers is a manual clock for the pool's backoff (poolOptions.afterFunc):
+// each timer the pool schedules arrives on scheduled and runs only when the
+// test fires it.
+type stTimers struct{ scheduled chan *stTimer }
+
+type stTimer struct {
+	d time.Duration
+	f func()
+
+	mu             sync.Mutex
+	fired, stopped bool
+}
+
+func newStTimers() *stTimers { return &stTimers{scheduled: make(chan *stTimer, 64)} }
+
+// afterFunc is called with the pool's lock held: it must not block.
+func (ts *stTimers) afterFunc(d time.Duration, f func()) poolTimer {
+	tm := &stTimer{d: d, f: f}
+	ts.scheduled <- tm
+	return tm
+}
+
+// next waits for the pool to schedule a timer.
+func (ts *stTimers) next(t *testing.T) *stTimer {
+	t.Helper()
+	select {
+	case tm := <-ts.scheduled:
+		return tm
+	case <-time.After(10 * time.Second):
+		t.Fatal("timed out waiting for the pool to schedule a backoff timer")
+		return nil
+	}
+}
+
+// none checks no timer is scheduled and not yet taken by next.
+func (ts *stTimers) none(t *testing.T, when string) {
+	t.Helper()
+	if n := len(ts.scheduled); n != 0 {
+		t.Fatalf("%s: %d backoff timers scheduled, want none", when, n)
+	}
+}
+
+func (tm *stTimer) Stop() bool {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	if tm.fired || tm.stopped {
+		return false
+	}
+	tm.stopped = true
+	return true
+}
+
+// fire runs the timer's function as its expiry would.
+func (tm *stTimer) fire(t *testing.T) {
+	t.Helper()
+	tm.mu.Lock()
+	if tm.fired || tm.stopped {
+		tm.mu.Unlock()
+		t.Fatalf("fire a timer already fired (%v) or stopped (%v)", tm.fired, tm.stopped)
+	}
+	tm.fired = true
+	tm.mu.Unlock()
+	tm.f()
+}
+
+// poolState reads the fields the backoff tests check, under the lock.
+func poolState(p *dekPool) (filling int, failing bool, backoff time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.filling, p.failing, p.backoff
+}
+
+// TestPoolRefillBacksOff: a failing KMS is retried with backoff doubling
+// from MinBackoff up to MaxBackoff, one probe at a time however many
+// refills may run (a probe per refiller would multiply the calls against a
+// KMS that is down), with one warning per backoff; a take meanwhile fails
+// with the KMS's error, and the first probe that succeeds fills the pool
+// and resets the backoff. The backoff timers run on a manual clock, so
+// every call is counted exactly.
 func TestPoolRefillBacksOff(t *testing.T) {
 	for _, refillers := range []int{1, 4} {
 		t.Run(fmt.Sprintf("refillers=%d", refillers), func(t *testing.T) {
+			const size = 4
 			kms := newStKMS(t)
 			kms.setEnabled(t, false)
-			p, tl := newStPool(t, kms, 4, func(o *poolOptions) {
-				o.MinBackoff = 20 * time.Millisecond
-				o.MaxBackoff = 40 * time.Millisecond
+			timers := newStTimers()
+			p, tl := newStPool(t, kms, size, func(o *poolOptions) {
+				o.MinBackoff = time.Second
+				o.MaxBackoff = 4 * time.Second
 				o.Refillers = refillers
+				o.afterFunc = timers.afterFunc
 			})
 			tl.expectWarnings()
 			p.start(context.Background())
-			time.Sleep(300 * time.Millisecond)
-			calls := kms.prov.generate.Load()
-			// The first refills, then one probe per 20, 40, 40, ... ms:
-			// about 8 probes in 300 ms.
-			if calls < 2 || calls > int64(refillers)+12 {
-				t.Fatalf("GenerateDataKey attempts in 300 ms with 20-40 ms backoff: got %d, want 2..%d", calls, refillers+12)
+
+			// The first refills all fail; the first failure schedules the
+			// backoff, the others add no timer and no warning.
+			tm := timers.next(t)
+			waitFor(t, "the first refills to end", func() bool { filling, _, _ := poolState(p); return filling == 0 })
+			timers.none(t, "after the first refills")
+			calls := int64(refillers)
+			if got := kms.prov.generate.Load(); got != calls {
+				t.Fatalf("GenerateDataKey calls by the first refills: got %d, want %d", got, calls)
 			}
-			if got := len(tl.messages(slog.LevelWarn)); got < 2 {
-				t.Fatalf("refill warnings: got %d, want >= 2", got)
+			if got := p.refillErrors.Load(); got != uint64(refillers) {
+				t.Fatalf("refill errors: got %d, want %d", got, refillers)
 			}
-			if got := p.refillErrors.Load(); got < 2 {
-				t.Fatalf("refill errors: got %d, want >= 2", got)
+			warnings := 1
+			if got := len(tl.messages(slog.LevelWarn)); got != warnings {
+				t.Fatalf("refill warnings: got %d, want %d", got, warnings)
 			}
 
-			// Meanwhile a take fails with the KMS's error.
+			for i, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second} {
+				if tm.d != want {
+					t.Fatalf("backoff %d: got %v, want %v", i, tm.d, want)
+				}
+				tm.fire(t) // one probe, which fails and schedules the next backoff
+				tm = timers.next(t)
+				calls++
+				warnings++
+				if filling, failing, _ := poolState(p); filling != 0 || !failing {
+					t.Fatalf("after probe %d: %d refills under way, failing %v; want 0, true", i, filling, failing)
+				}
+				timers.none(t, fmt.Sprintf("after probe %d", i))
+				if got := kms.prov.generate.Load(); got != calls {
+					t.Fatalf("GenerateDataKey calls after probe %d: got %d, want %d (one per probe)", i, got, calls)
+				}
+				if got := len(tl.messages(slog.LevelWarn)); got != warnings {
+					t.Fatalf("refill warnings after probe %d: got %d, want %d", i, got, warnings)
+				}
+			}
+
+			// Meanwhile a take generates synchronously and fails with the
+			// KMS's error; it starts no refill and no timer.
 			_, err := p.take(context.Background(), make([]byte, crypto.DEKSize))
 			if !errors.Is(err, ErrKeyDisabled) {
 				t.Fatalf("take with the key disabled: got %v, want %v", err, ErrKeyDisabled)
 			}
+			calls++
+			if got := kms.prov.generate.Load(); got != calls {
+				t.Fatalf("GenerateDataKey calls after a take: got %d, want %d", got, calls)
+			}
+			if got := p.fallbacks.Load(); got != 1 {
+				t.Fatalf("synchronous fallbacks: got %d, want 1", got)
+			}
+			timers.none(t, "after the take")
 
 			kms.setEnabled(t, true)
-			waitFor(t, "the pool to fill once the key is enabled", func() bool { return p.readyCount() == 4 })
+			tm.fire(t)
+			waitFor(t, "the pool to fill once the key is enabled", func() bool { return p.readyCount() == size })
+			if _, failing, backoff := poolState(p); failing || backoff != time.Second {
+				t.Fatalf("after a probe succeeded: failing %v, backoff %v; want false, %v", failing, backoff, time.Second)
+			}
+			timers.none(t, "after the pool filled")
 		})
 	}
 }
@@ -325,13 +437,35 @@ func TestPoolTakeZeroesItsSlot(t *testing.T) {
 	}
 }
 
+// TestPoolClose: close zeroes and drops the waiting keys, ends a refill
+// under way (its key is not parked), is idempotent, and afterwards no take
+// or top-up reaches the KMS.
 func TestPoolClose(t *testing.T) {
 	kms := newStKMS(t)
+	gate := make(chan struct{})
+	kms.prov.generateGate = gate
 	p, _ := newStPool(t, kms, 4, nil)
 	p.start(context.Background())
+	for range 4 {
+		gate <- struct{}{}
+	}
 	waitFor(t, "a full pool", func() bool { return p.readyCount() == 4 })
+	// Takes leaving 3 and 2 of 4 start no refill; the third leaves 1,
+	// below half: a refill (one refiller) starts and waits at the gate.
+	dek := make([]byte, crypto.DEKSize)
+	for range 3 {
+		if _, err := p.take(context.Background(), dek); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "a refill at the gate", func() bool { return kms.prov.gateWaiting.Load() == 1 })
 	if err := p.close(); err != nil {
 		t.Fatalf("close: %v", err)
+	}
+	// close waited for the refill: it is past the gate (canceled) and
+	// parked nothing.
+	if got := kms.prov.gateWaiting.Load(); got != 0 {
+		t.Fatalf("GenerateDataKey calls still waiting after close: %d", got)
 	}
 	if err := p.close(); err != nil {
 		t.Fatalf("second close: %v", err)
@@ -339,23 +473,78 @@ func TestPoolClose(t *testing.T) {
 	if got := p.readyCount(); got != 0 {
 		t.Fatalf("ready after close: got %d, want 0", got)
 	}
-	if _, err := p.take(context.Background(), make([]byte, crypto.DEKSize)); err == nil {
-		t.Fatal("take after close: got no error")
-	}
 	before := kms.prov.generate.Load()
+	if _, err := p.take(context.Background(), dek); !errors.Is(err, errPoolClosed) {
+		t.Fatalf("take after close: got %v, want %v", err, errPoolClosed)
+	}
 	p.mu.Lock()
 	p.target = 4
 	p.topUpLocked() // what a take would do
+	filling := p.filling
 	p.mu.Unlock()
-	time.Sleep(20 * time.Millisecond)
+	if filling != 0 {
+		t.Fatalf("refills started after close: %d", filling)
+	}
+	p.refills.Wait() // nothing to wait for; any refill would have counted its call by now
 	if got := kms.prov.generate.Load(); got != before {
 		t.Fatalf("GenerateDataKey calls after close: got %d, want %d", got, before)
 	}
 }
 
+// TestNewDEKPoolOptions: a pool needs a positive size; every other option
+// has a default, and a Start outside 1..Size means Size.
 func TestNewDEKPoolOptions(t *testing.T) {
-	if _, err := newDEKPool(poolOptions{Size: 0}); err == nil {
-		t.Fatal("size 0: got no error")
+	minute := poolMaxBackoff
+	tests := []struct {
+		name string
+		o    poolOptions
+		// want: the options as the pool keeps them (zero: an error)
+		wantStart, wantRefillers int
+		wantMin, wantMax         time.Duration
+	}{
+		{name: "size 0", o: poolOptions{Size: 0}},
+		{name: "negative size", o: poolOptions{Size: -1, Start: 1}},
+		{name: "defaults", o: poolOptions{Size: 8},
+			wantStart: 8, wantRefillers: 1, wantMin: poolMinBackoff, wantMax: minute},
+		{name: "all set", o: poolOptions{Size: 8, Start: 2, Refillers: 3, MinBackoff: time.Millisecond, MaxBackoff: time.Second},
+			wantStart: 2, wantRefillers: 3, wantMin: time.Millisecond, wantMax: time.Second},
+		{name: "start above size", o: poolOptions{Size: 8, Start: 9},
+			wantStart: 8, wantRefillers: 1, wantMin: poolMinBackoff, wantMax: minute},
+		{name: "negative start and refillers", o: poolOptions{Size: 8, Start: -1, Refillers: -1},
+			wantStart: 8, wantRefillers: 1, wantMin: poolMinBackoff, wantMax: minute},
+		{name: "max below min", o: poolOptions{Size: 1, MinBackoff: 2 * time.Minute, MaxBackoff: time.Second},
+			wantStart: 1, wantRefillers: 1, wantMin: 2 * time.Minute, wantMax: 2 * time.Minute},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := newDEKPool(tc.o)
+			if tc.wantStart == 0 {
+				if err == nil {
+					_ = p.close()
+					t.Fatalf("newDEKPool(%+v): got no error, want one", tc.o)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("newDEKPool(%+v): %v", tc.o, err)
+			}
+			defer p.close()
+			if got := p.currentTarget(); got != tc.wantStart {
+				t.Errorf("first target: got %d, want %d", got, tc.wantStart)
+			}
+			if got := p.o.Refillers; got != tc.wantRefillers {
+				t.Errorf("refillers: got %d, want %d", got, tc.wantRefillers)
+			}
+			if p.o.MinBackoff != tc.wantMin || p.o.MaxBackoff != tc.wantMax {
+				t.Errorf("backoff: got %v..%v, want %v..%v", p.o.MinBackoff, p.o.MaxBackoff, tc.wantMin, tc.wantMax)
+			}
+			if p.o.Counters == nil || p.o.afterFunc == nil {
+				t.Errorf("counters or timer left nil")
+			}
+			if got := len(p.free); got != tc.o.Size {
+				t.Errorf("free slots: got %d, want %d", got, tc.o.Size)
+			}
+		})
 	}
 }
 
@@ -366,10 +555,21 @@ func TestPoolRefillsConcurrently(t *testing.T) {
 	for _, refillers := range []int{1, 4} {
 		t.Run(fmt.Sprintf("refillers=%d", refillers), func(t *testing.T) {
 			kms := newStKMS(t)
-			kms.prov.generateDelay = 20 * time.Millisecond
+			gate := make(chan struct{})
+			kms.prov.generateGate = gate
 			const size = 16
 			p, _ := newStPool(t, kms, size, func(o *poolOptions) { o.Refillers = refillers })
 			p.start(context.Background())
+			// Every call waits at the gate: the pool has started all it
+			// will start before any lands.
+			waitFor(t, "the refills at the gate", func() bool { return kms.prov.gateWaiting.Load() == int64(refillers) })
+			p.mu.Lock()
+			filling := p.filling
+			p.mu.Unlock()
+			if filling != refillers {
+				t.Errorf("refills under way: got %d, want %d", filling, refillers)
+			}
+			close(gate)
 			waitFor(t, "a full pool", func() bool { return p.readyCount() == size })
 			if got := kms.prov.maxGenerateInflight.Load(); got != int64(refillers) {
 				t.Errorf("GenerateDataKey calls in flight at most: got %d, want %d", got, refillers)
@@ -381,8 +581,13 @@ func TestPoolRefillsConcurrently(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			waitFor(t, "the refill", func() bool { return p.readyCount() == size })
-			time.Sleep(3 * kms.prov.generateDelay) // any extra call would land now
+			// Full with no call under way: nothing can start another
+			// before the next take, so the count is final.
+			waitFor(t, "the refill", func() bool {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return len(p.ready) == size && p.filling == 0
+			})
 			if got, want := kms.prov.generate.Load(), int64(size+size/2+1); got != want {
 				t.Errorf("GenerateDataKey calls: got %d, want %d (no key generated beyond the pool's size)", got, want)
 			}
@@ -473,11 +678,11 @@ func TestPoolEmptyTakeWaitsForRefill(t *testing.T) {
 	tests := []struct {
 		name    string
 		end     func(p *dekPool, cancel context.CancelFunc, gate chan struct{})
-		wantErr string
+		wantErr error
 	}{
 		{name: "a key lands", end: func(_ *dekPool, _ context.CancelFunc, gate chan struct{}) { gate <- struct{}{} }},
-		{name: "context canceled", end: func(_ *dekPool, cancel context.CancelFunc, _ chan struct{}) { cancel() }, wantErr: "context canceled"},
-		{name: "pool closed", end: func(p *dekPool, _ context.CancelFunc, _ chan struct{}) { _ = p.close() }, wantErr: "closed"},
+		{name: "context canceled", end: func(_ *dekPool, cancel context.CancelFunc, _ chan struct{}) { cancel() }, wantErr: context.Canceled},
+		{name: "pool closed", end: func(p *dekPool, _ context.CancelFunc, _ chan struct{}) { _ = p.close() }, wantErr: errPoolClosed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -503,9 +708,9 @@ func TestPoolEmptyTakeWaitsForRefill(t *testing.T) {
 			waitFor(t, "the take to wait", func() bool { return p.waits.Load() == 1 })
 			tc.end(p, cancel, gate)
 			r := <-got
-			if tc.wantErr != "" {
-				if r.err == nil || !strings.Contains(r.err.Error(), tc.wantErr) {
-					t.Fatalf("take: got %v, want an error with %q", r.err, tc.wantErr)
+			if tc.wantErr != nil {
+				if !errors.Is(r.err, tc.wantErr) {
+					t.Fatalf("take: got %v, want %v", r.err, tc.wantErr)
 				}
 			} else {
 				if r.err != nil {
