@@ -116,3 +116,86 @@ func TestRequestsPerOperation(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestsSecurityCapability pins where the kernel asks for
+// security.capability (a GETXATTR round trip) with the mount's
+// CAP_HANDLE_KILLPRIV_V2 (killpriv.go): before the first write after it
+// (re)loads a file's attributes (a create, a GETATTR, a SETATTR reply),
+// before every truncate after such a reload, and before every chown of a
+// file, never before a later write, a chmod or a directory's chown; with
+// NoXattr (the kernel saw ENOSYS once) never. If a kernel stops asking,
+// this test fails and --no-xattr loses its reason (docs/performance.md).
+func TestRequestsSecurityCapability(t *testing.T) {
+	write := func(p string) func() error {
+		return func() error {
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Write([]byte("more")); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		}
+	}
+	getxattrRE := regexp.MustCompile(`rx \d+: GETXATTR n\d+ \{[^}]*\} "([^"]*)"`)
+	for _, noXattr := range []bool{false, true} {
+		e := newTestFS(t)
+		rl := &requestLog{}
+		e.mo.Debug, e.mo.DebugLog, e.mo.NoXattr = true, log.New(rl, "", 0), noXattr
+		e.remount()
+		// With NoXattr the kernel learns ENOSYS from its first GETXATTR.
+		if err := write(e.p("warm-up"))(); err != nil {
+			t.Fatal(err)
+		}
+		rl.counts()
+		tests := []struct {
+			name string
+			op   func() error
+			want int // GETXATTR requests of the default mount
+		}{
+			{"create, write", write(e.p("f")), 1},
+			{"write again", write(e.p("f")), 0},
+			{"stat, write", func() error {
+				if _, err := os.Stat(e.p("f")); err != nil {
+					return err
+				}
+				return write(e.p("f"))()
+			}, 1},
+			{"chown", func() error { return os.Chown(e.p("f"), 1000, 1000) }, 1},
+			{"chown again", func() error { return os.Chown(e.p("f"), 1001, 1001) }, 1},
+			{"chmod", func() error { return os.Chmod(e.p("f"), 0o600) }, 0},
+			{"truncate", func() error { return os.Truncate(e.p("f"), 1) }, 1},
+			{"mkdir, chown", func() error {
+				if err := os.Mkdir(e.p("d"), 0o755); err != nil {
+					return err
+				}
+				return os.Chown(e.p("d"), 1000, 1000)
+			}, 0},
+		}
+		for _, tc := range tests {
+			if err := tc.op(); err != nil {
+				t.Fatalf("%s: %v", tc.name, err)
+			}
+			// A GETXATTR is sent inside the system call that needs it:
+			// once the call has returned, its requests are in the log.
+			rl.mu.Lock()
+			trace := rl.buf.String()
+			rl.mu.Unlock()
+			got := rl.counts()["GETXATTR"]
+			want := tc.want
+			if noXattr {
+				want = 0
+			}
+			if got != want {
+				t.Errorf("NoXattr %v, %s: %d GETXATTR request(s), want %d", noXattr, tc.name, got, want)
+			}
+			for _, m := range getxattrRE.FindAllStringSubmatch(trace, -1) {
+				if m[1] != "security.capability" {
+					t.Errorf("NoXattr %v, %s: GETXATTR of %q, want only security.capability", noXattr, tc.name, m[1])
+				}
+			}
+		}
+	}
+}
