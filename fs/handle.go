@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/crypto"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
 )
 
 // handle is one open(2) of a plain file. The content state is the
@@ -81,8 +82,11 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		h.r.logContentError("write", of, err)
 		return uint32(n), h.r.errno("write", of.key.ino, err)
 	}
-	if errno := h.r.killPrivOnWrite(ctx, of); errno != 0 {
-		return uint32(n), errno
+	if of.suid.Load() && !privileged(ctx) {
+		if err := killSetID(int(of.f.Fd())); err != nil {
+			return uint32(n), h.r.errno("write", of.key.ino, err)
+		}
+		of.suid.Store(false)
 	}
 	return uint32(n), 0
 }
@@ -205,4 +209,13 @@ func (h *handle) Allocate(ctx context.Context, off uint64, size uint64, mode uin
 		return h.r.errno("allocate", of.key.ino, err)
 	}
 	return syscall.EOPNOTSUPP
+}
+
+// logContentError logs a chunk that failed authentication: inode, file ID
+// and chunk index, never content or names.
+func (r *root) logContentError(op string, of *openFile, err error) {
+	var ce *cipherfile.ChunkError
+	if errors.As(err, &ce) {
+		r.log.Warn("chunk failed authentication", "op", op, "inode", of.key.ino, "file_id", of.fileID(), "chunk", ce.Index, "err", err.Error())
+	}
 }
