@@ -70,7 +70,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 	if !of.writable || of.cf == nil {
 		return 0, syscall.EBADF
 	}
-	if h.append && !h.r.writeback {
+	if h.append {
 		size, err := of.cf.PlainSize()
 		if err != nil && !errors.Is(err, crypto.ErrBadSize) {
 			return 0, h.r.errno("write", of.key.ino, err)
@@ -93,9 +93,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 
 // Flush has nothing to do: writes reach the cipher file before Write
 // returns, and their errors are returned there; opens answer
-// FOPEN_NOFLUSH, so the kernel does not even ask (root.openFlags). (With
-// the writeback cache the kernel writes its dirty pages back and sends
-// FLUSH on close regardless, so close(2) still reports a failed write.)
+// FOPEN_NOFLUSH, so the kernel does not even ask (root.openFlags).
 func (h *handle) Flush(ctx context.Context) syscall.Errno { return 0 }
 
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
@@ -130,14 +128,7 @@ func (h *handle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.Attr
 // Lseek answers SEEK_DATA and SEEK_HOLE simply: data everywhere below the
 // plain size, the hole at EOF. (Holes inside a file read as zeros either
 // way; reporting them as data is always allowed.)
-//
-// With the writeback cache the kernel knows the size better than the cipher
-// file (its dirty pages are not written yet): ENOSYS makes it answer
-// itself, the same way, from its own size, for the life of the mount.
 func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	if h.r.writeback {
-		return 0, syscall.ENOSYS
-	}
 	of := h.of
 	of.mu.RLock()
 	size := int64(0)

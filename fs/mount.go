@@ -56,13 +56,6 @@ type MountOptions struct {
 	// OP ..." lines); nil: go-fuse's default logger (stderr).
 	DebugLog *log.Logger
 	FsName   string // "" => "kmsfs:<cipher dir>"
-	// WritebackCache turns the kernel's writeback cache on: write(2)
-	// returns once the data is in the kernel's page cache, which sends it
-	// in large batches later (random 4 KiB writes about 1.5-2x faster,
-	// docs/performance.md). The price: a write error (ENOSPC, EIO) is
-	// reported by close(2) or fsync(2) instead of the write(2) that caused
-	// it, and the data of the failed writes is lost. Off by default.
-	WritebackCache bool
 	// NoXattr refuses extended attributes (EOPNOTSUPP, the kernel then
 	// stops asking). With them on, the kernel asks for
 	// security.capability before the first write to every new or
@@ -123,15 +116,8 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 	}
 	// The kernel would otherwise ask for security.capability before every
 	// write (a second round trip per write(2)) to clear set-ID bits and
-	// capabilities itself; killpriv.go is our side of the bargain.
+	// capabilities itself; see killSetID for our side of the bargain.
 	fo.MountOptions.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
-	if mo.WritebackCache && !o.ReadOnly {
-		// The kernel keeps written pages and sends them in large
-		// batches; it then owns the size and times of open files and
-		// computes O_APPEND offsets itself (see handle.Write, Lseek).
-		fo.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
-		r.writeback = true
-	}
 	// Who may do what:
 	//   - Without --allow-other the kernel lets only the mounting user's
 	//     processes into the mount (others, root included, get EACCES),
@@ -159,14 +145,7 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 	if testMountHook != nil {
 		testMountHook(r)
 	}
-	// gofs.Mount, with the node tree's raw filesystem wrapped so the
-	// kernel's kill flags reach it (killpriv.go).
-	r.killPriv = &killPrivFS{RawFileSystem: gofs.NewNodeFS(&node{r: r}, fo)}
-	server, err := fuse.NewServer(r.killPriv, mountpoint, &fo.MountOptions)
-	if err == nil {
-		go server.Serve()
-		err = server.WaitMount()
-	}
+	server, err := gofs.Mount(mountpoint, &node{r: r}, fo)
 	if err != nil {
 		r.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -226,14 +205,6 @@ type root struct {
 	files   openTable
 	ids     fileIDs
 	stamps  cacheStamps
-	// killPriv is the raw filesystem the server serves, which passes
-	// the kernel's set-ID kill flags on (killpriv.go).
-	killPriv *killPrivFS
-	// writeback: the kernel's writeback cache is on. Writes may then come
-	// through any writable handle of the inode, at offsets the kernel has
-	// computed (O_APPEND included), and the kernel owns the plain size of
-	// an open file while it has dirty pages.
-	writeback bool
 }
 
 func newRoot(o Options) (*root, error) {
@@ -420,3 +391,43 @@ func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
 // runsAsRoot: the mount process's effective user is root (it never
 // changes; asked once instead of on every create).
 var runsAsRoot = os.Geteuid() == 0
+
+// hasSetID reports mode bits that a write or truncate by an unprivileged
+// user clears: set-user-ID, and set-group-ID on a group-executable file.
+func hasSetID(mode uint32) bool {
+	return mode&syscall.S_ISUID != 0 || mode&(syscall.S_ISGID|syscall.S_IXGRP) == syscall.S_ISGID|syscall.S_IXGRP
+}
+
+// killSetID clears those bits of the open cipher file fd.
+//
+// With CAP_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem:
+// it flags a truncate (FATTR_KILL_SUIDGID, see setattr), but the flag it
+// sets on a write is not passed on by go-fuse, so a write clears the bits
+// unless the writer is root (privileged), as Linux does for a writer
+// without CAP_FSETID. Capabilities need no clearing: only user.* xattrs
+// pass through the mount.
+func killSetID(fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if !hasSetID(st.Mode) {
+		return nil
+	}
+	return syscall.Fchmod(fd, clearSetID(st.Mode))
+}
+
+// privileged: the caller is root, whose writes keep set-ID bits (Linux
+// keeps them for a writer with CAP_FSETID).
+func privileged(ctx context.Context) bool {
+	caller, ok := fuse.FromContext(ctx)
+	return ok && caller.Uid == 0
+}
+
+func clearSetID(mode uint32) uint32 {
+	mode &^= syscall.S_ISUID
+	if mode&syscall.S_IXGRP != 0 {
+		mode &^= syscall.S_ISGID
+	}
+	return mode & 0o7777
+}

@@ -111,8 +111,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 //
 // FOPEN_NOFLUSH: close(2) sends no FLUSH (a round trip on every close),
 // since Flush has nothing to do while writes reach the cipher file before
-// Write returns. With the writeback cache the kernel ignores the flag and
-// flushes its dirty pages on close as it must.
+// Write returns.
 func (r *root) openFlags(h *handle) uint32 {
 	flags := uint32(fuse.FOPEN_NOFLUSH)
 	if h.keepCache {
