@@ -14,8 +14,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +29,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 )
 
 // exportOptions are the flags of export.
@@ -479,28 +478,10 @@ func (r *exportRun) linkAt(first string, parent int, name string) error {
 // exportTempPrefix starts the name of a file being exported.
 const exportTempPrefix = ".kmsfs-export-"
 
-// createTempAt creates a new, empty file in parent under a random name
-// (O_EXCL, O_NOFOLLOW) and returns the name and the file.
-func createTempAt(parent int) (string, *os.File, error) {
-	var err error
-	for range 10 {
-		var b [8]byte
-		rand.Read(b[:])
-		name := exportTempPrefix + hex.EncodeToString(b[:])
-		var fd int
-		fd, err = unix.Openat(parent, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err == nil {
-			return name, os.NewFile(uintptr(fd), name), nil
-		}
-		if !errors.Is(err, unix.EEXIST) {
-			break
-		}
-	}
-	return "", nil, err
-}
-
 // exportFile decrypts a regular file into a temporary file in parent, sets
-// its metadata and renames it to name.
+// its metadata and moves it to name (atomicfile: fsync, then without
+// --force a link, which fails if DEST appeared since the plan, with
+// --force a rename; then fsync of parent).
 func (r *exportRun) exportFile(ctx context.Context, dirfd int, entry string, parent int, name string, it exportItem) error {
 	f, err := openCipherEntry(dirfd, entry, it.rel, r.o.ks.dir)
 	if err != nil {
@@ -511,19 +492,16 @@ func (r *exportRun) exportFile(ctx context.Context, dirfd int, entry string, par
 		return err
 	}
 	defer pf.Close()
-	tmpName, tmp, err := createTempAt(parent)
+	opts := []atomicfile.Option{atomicfile.TempPrefix(exportTempPrefix)}
+	if !r.opts.force {
+		opts = append(opts, atomicfile.Exclusive())
+	}
+	pending, err := atomicfile.CreateAt(parent, name, 0o600, opts...)
 	if err != nil {
 		return fmt.Errorf("%s: create a temporary file next to %s: %w", it.rel, it.dst, err)
 	}
-	done, closed := false, false
-	defer func() {
-		if !closed {
-			tmp.Close()
-		}
-		if !done {
-			unix.Unlinkat(parent, tmpName, 0)
-		}
-	}()
+	defer pending.Abort()
+	tmp := pending.File()
 	if _, err := pf.copySparse(tmp, 0); err != nil {
 		return err
 	}
@@ -550,23 +528,9 @@ func (r *exportRun) exportFile(ctx context.Context, dirfd int, entry string, par
 	if err := r.setMetaFd(int(tmp.Fd()), &it); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("%s: %w", it.rel, err)
-	}
-	closed = true
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("%s: %w", it.rel, err)
-	}
-	if !r.opts.force {
-		// Link, not rename: fails if DEST appeared since the plan.
-		if err := unix.Linkat(parent, tmpName, parent, name, 0); err != nil {
-			return fmt.Errorf("%s: %s: %w", it.rel, it.dst, err)
-		}
-		unix.Unlinkat(parent, tmpName, 0)
-	} else if err := unix.Renameat(parent, tmpName, parent, name); err != nil {
+	if err := pending.Commit(); err != nil {
 		return fmt.Errorf("%s: %s: %w", it.rel, it.dst, err)
 	}
-	done = true
 	return nil
 }
 

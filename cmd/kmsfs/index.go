@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -21,6 +20,7 @@ import (
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -100,18 +100,13 @@ func runIndexBackup(dirArg, file string, out, errw io.Writer) (err error) {
 	}
 
 	var w io.Writer = out
-	var tmp *os.File
+	var tmp *atomicfile.Pending
 	if file != "-" {
-		if tmp, err = os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-*"); err != nil {
+		if tmp, err = atomicfile.Create(file, 0o600); err != nil {
 			return fmt.Errorf("create %s: %w", file, err)
 		}
-		defer func() {
-			if err != nil {
-				tmp.Close()
-				os.Remove(tmp.Name())
-			}
-		}()
-		w = tmp
+		defer tmp.Abort()
+		w = tmp.File()
 	}
 	bw := bufio.NewWriterSize(w, 64<<10)
 	fmt.Fprintf(bw, "%s %s\n", indexBackupMagic, conf.FilesystemID)
@@ -125,16 +120,7 @@ func runIndexBackup(dirArg, file string, out, errw io.Writer) (err error) {
 		fmt.Fprintf(errw, "backed up %d index entries of %s\n", n, dir)
 		return nil
 	}
-	if err := tmp.Chmod(0o600); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", file, err)
-	}
-	if err := os.Rename(tmp.Name(), file); err != nil {
+	if err := tmp.Commit(); err != nil {
 		return fmt.Errorf("write %s: %w", file, err)
 	}
 	fmt.Fprintf(out, "backed up %d index entries of %s to %s\n", n, dir, file)

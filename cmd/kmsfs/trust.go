@@ -39,6 +39,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 )
 
 // trustFormat is the trust record format this build writes and reads.
@@ -158,8 +159,8 @@ func loadTrust(fsid string) (trustRecord, error) {
 	return r, nil
 }
 
-// saveTrust writes r atomically (temp file, fsync, rename, fsync of the
-// directory), creating the directory 0700.
+// saveTrust writes r atomically (atomicfile: temp file, fsync, rename,
+// fsync of the directory), mode 0600, creating the directory 0700.
 func saveTrust(r trustRecord) error {
 	dir := trustDir()
 	path := trustPath(r.FilesystemID)
@@ -174,31 +175,8 @@ func saveTrust(r trustRecord) error {
 		return fmt.Errorf("trust record %s: %w", path, err)
 	}
 	b = append(b, '\n')
-	tmp, err := os.CreateTemp(dir, ".trust.tmp-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, b, 0o600, atomicfile.TempPrefix(".trust.tmp-")); err != nil {
 		return fmt.Errorf("write trust record %s: %w", path, err)
-	}
-	name := tmp.Name()
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(name, path)
-	}
-	if err != nil {
-		os.Remove(name)
-		return fmt.Errorf("write trust record %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", dir, err)
-		}
 	}
 	return nil
 }
