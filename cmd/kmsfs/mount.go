@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -44,7 +45,7 @@ CIPHERDIR/.kmsfs/mount.log. With -f it stays in the foreground and logs to
 stderr; SIGINT or SIGTERM unmounts cleanly.`,
 		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMount(g, f, args[0], args[1], cmd.OutOrStdout())
+			return runMount(g, f, cmd.Flags(), args[0], args[1], cmd.OutOrStdout())
 		},
 	}
 	fl := cmd.Flags()
@@ -118,7 +119,7 @@ func resolveMountTarget(g *globals, cipherArg, mntArg string) (mountTarget, erro
 	return t, nil
 }
 
-func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer) error {
+func runMount(g *globals, f *mountFlags, fl *pflag.FlagSet, cipherArg, mntArg string, out io.Writer) error {
 	if err := harden(); err != nil {
 		return err
 	}
@@ -180,7 +181,7 @@ func runMount(g *globals, f *mountFlags, cipherArg, mntArg string, out io.Writer
 		report(err) // no-op once reported
 		return err
 	}
-	return launch(g, f, t, pass, out)
+	return launch(fl, t, pass, out)
 }
 
 // checkFuseAccess finds, before going to the background, what would make

@@ -11,10 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
@@ -22,8 +26,10 @@ import (
 )
 
 // launch validates what only a passphrase can show, then starts the mount
-// process in a new session and waits for it to report.
-func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Writer) error {
+// process in a new session and waits for it to report. fl is the mount
+// command's parsed flag set (its own flags and the global ones), from
+// which the child's flags are derived (childArgs).
+func launch(fl *pflag.FlagSet, t mountTarget, pass passSource, out io.Writer) error {
 	var pp []byte
 	if t.spec.kind == cipherdir.ProviderLocal {
 		var err error
@@ -96,30 +102,7 @@ func launch(g *globals, f *mountFlags, t mountTarget, pass passSource, out io.Wr
 		readyW.Close()
 		return fmt.Errorf("open mount log: %w", err)
 	}
-	args := []string{"mount", "--foreground", "--passphrase-fd", "3", "--ready-fd", "4"}
-	args = append(args, "--audit-max-size", keymgr.AuditSize(g.audit.MaxSize).String(), "--audit-keep", fmt.Sprint(g.audit.Keep))
-	if t.spec.keyringPath != "" {
-		args = append(args, "--keyring", t.spec.keyringPath)
-	}
-	for flag, v := range map[string]string{"--aws-region": t.spec.aws.region, "--aws-endpoint": t.spec.aws.endpoint, "--aws-profile": t.spec.aws.profile} {
-		if v != "" {
-			args = append(args, flag, v)
-		}
-	}
-	if f.readOnly {
-		args = append(args, "--ro")
-	}
-	if f.allowOther {
-		args = append(args, "--allow-other")
-	}
-	if f.noXattr {
-		args = append(args, "--no-xattr")
-	}
-	if f.fuseDebug {
-		args = append(args, "--fuse-debug")
-	}
-	args = append(args, "--", t.cipherDir, t.mountpoint)
-	cmd := exec.Command(exe, args...)
+	cmd := exec.Command(exe, childArgs(fl, t)...)
 	cmd.Dir = "/"
 	cmd.Env = withoutEnv(os.Environ(), envPassphrase)
 	cmd.Stdout = logf
@@ -158,4 +141,69 @@ func withoutEnv(env []string, name string) []string {
 		}
 	}
 	return out
+}
+
+// childSets are the flags launch sets for the background mount process
+// itself, whatever the user gave: it stays in the foreground of its own
+// session and reads the passphrase and reports readiness on the pipes
+// launch hands it as fds 3 and 4.
+var childSets = map[string]string{
+	"foreground":    "true",
+	"passphrase-fd": "3",
+	"ready-fd":      "4",
+}
+
+// childDrops are the flags the user may set that the background mount
+// process must not get, each with the reason.
+var childDrops = map[string]string{
+	"passphrase-file": "read here; the passphrase reaches the child on fd 3",
+	"cpuprofile":      "only with -f, refused before launch",
+}
+
+// childResolved are the flags whose value launch has already resolved
+// (from the flag, the environment, kmsfs.conf and the trust record): the
+// child gets the resolved value, so it uses the key store the parent
+// checked, and an absolute path, since it runs in /. An empty value is
+// not passed.
+func childResolved(t mountTarget) map[string]string {
+	return map[string]string{
+		"keyring":      t.spec.keyringPath,
+		"aws-region":   t.spec.aws.region,
+		"aws-endpoint": t.spec.aws.endpoint,
+		"aws-profile":  t.spec.aws.profile,
+	}
+}
+
+// childArgs is the command line of the background mount process: the
+// flags launch sets (childSets), the resolved ones (childResolved), then
+// every other flag the user set on this command line, mount's own and
+// the global ones alike (fl.Visit), as given, unless childDrops names
+// it; a new flag reaches the child without a line here.
+func childArgs(fl *pflag.FlagSet, t mountTarget) []string {
+	args := []string{"mount"}
+	for _, name := range slices.Sorted(maps.Keys(childSets)) {
+		args = append(args, "--"+name+"="+childSets[name])
+	}
+	resolved := childResolved(t)
+	for _, name := range slices.Sorted(maps.Keys(resolved)) {
+		if v := resolved[name]; v != "" {
+			args = append(args, "--"+name+"="+v)
+		}
+	}
+	fl.Visit(func(f *pflag.Flag) {
+		_, set := childSets[f.Name]
+		_, res := resolved[f.Name]
+		_, drop := childDrops[f.Name]
+		if set || res || drop {
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			for _, v := range sv.GetSlice() {
+				args = append(args, "--"+f.Name+"="+v)
+			}
+			return
+		}
+		args = append(args, "--"+f.Name+"="+f.Value.String())
+	})
+	return append(args, "--", t.cipherDir, t.mountpoint)
 }
