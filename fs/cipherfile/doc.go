@@ -2,7 +2,10 @@
 // open file descriptor, with plaintext semantics: ReadAt, WriteAt and
 // Truncate take plain offsets and sizes and turn them into preads, pwrites
 // and ftruncates of sealed chunks (docs/format.md). It also reads and
-// writes the file's preamble and header slots.
+// writes the file's preamble and header slots, and it is the one way a
+// cipher file is inspected (ReadHead: each slot's own result, for fsck
+// and verify) and opened with a key source (OpenContent), for the mount
+// and every offline command alike.
 //
 // It owns the order of those writes (what a crash in the middle leaves) and
 // the rules that keep a file openable: the last chunk is sealed with the
