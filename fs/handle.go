@@ -82,11 +82,8 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		h.r.logContentError("write", of, err)
 		return uint32(n), h.r.errno("write", of.key.ino, err)
 	}
-	if of.suid.Load() && !privileged(ctx) {
-		if err := killSetID(int(of.f.Fd())); err != nil {
-			return uint32(n), h.r.errno("write", of.key.ino, err)
-		}
-		of.suid.Store(false)
+	if errno := h.r.killPrivOnWrite(ctx, of); errno != 0 {
+		return uint32(n), errno
 	}
 	return uint32(n), 0
 }

@@ -116,7 +116,7 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 	}
 	// The kernel would otherwise ask for security.capability before every
 	// write (a second round trip per write(2)) to clear set-ID bits and
-	// capabilities itself; see killSetID for our side of the bargain.
+	// capabilities itself; killpriv.go is our side of the bargain.
 	fo.MountOptions.ExtraCapabilities |= fuse.CAP_HANDLE_KILLPRIV_V2
 	// Who may do what:
 	//   - Without --allow-other the kernel lets only the mounting user's
@@ -145,7 +145,14 @@ func Mount(mountpoint string, o Options, mo MountOptions) (*fuse.Server, error) 
 	if testMountHook != nil {
 		testMountHook(r)
 	}
-	server, err := gofs.Mount(mountpoint, &node{r: r}, fo)
+	// gofs.Mount, with the node tree's raw filesystem wrapped so the
+	// kernel's kill flags reach it (killpriv.go).
+	r.killPriv = &killPrivFS{RawFileSystem: gofs.NewNodeFS(&node{r: r}, fo)}
+	server, err := fuse.NewServer(r.killPriv, mountpoint, &fo.MountOptions)
+	if err == nil {
+		go server.Serve()
+		err = server.WaitMount()
+	}
 	if err != nil {
 		r.close()
 		return nil, fmt.Errorf("mount %s: %w", mountpoint, err)
@@ -205,6 +212,9 @@ type root struct {
 	files   openTable
 	ids     fileIDs
 	stamps  cacheStamps
+	// killPriv is the raw filesystem the server serves, which passes
+	// the kernel's set-ID kill flags on (killpriv.go).
+	killPriv *killPrivFS
 }
 
 func newRoot(o Options) (*root, error) {
@@ -391,43 +401,3 @@ func (r *root) errno(op string, ino uint64, err error) syscall.Errno {
 // runsAsRoot: the mount process's effective user is root (it never
 // changes; asked once instead of on every create).
 var runsAsRoot = os.Geteuid() == 0
-
-// hasSetID reports mode bits that a write or truncate by an unprivileged
-// user clears: set-user-ID, and set-group-ID on a group-executable file.
-func hasSetID(mode uint32) bool {
-	return mode&syscall.S_ISUID != 0 || mode&(syscall.S_ISGID|syscall.S_IXGRP) == syscall.S_ISGID|syscall.S_IXGRP
-}
-
-// killSetID clears those bits of the open cipher file fd.
-//
-// With CAP_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem:
-// it flags a truncate (FATTR_KILL_SUIDGID, see setattr), but the flag it
-// sets on a write is not passed on by go-fuse, so a write clears the bits
-// unless the writer is root (privileged), as Linux does for a writer
-// without CAP_FSETID. Capabilities need no clearing: only user.* xattrs
-// pass through the mount.
-func killSetID(fd int) error {
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if !hasSetID(st.Mode) {
-		return nil
-	}
-	return syscall.Fchmod(fd, clearSetID(st.Mode))
-}
-
-// privileged: the caller is root, whose writes keep set-ID bits (Linux
-// keeps them for a writer with CAP_FSETID).
-func privileged(ctx context.Context) bool {
-	caller, ok := fuse.FromContext(ctx)
-	return ok && caller.Uid == 0
-}
-
-func clearSetID(mode uint32) uint32 {
-	mode &^= syscall.S_ISUID
-	if mode&syscall.S_IXGRP != 0 {
-		mode &^= syscall.S_ISGID
-	}
-	return mode & 0o7777
-}

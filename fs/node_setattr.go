@@ -118,19 +118,10 @@ func (r *root) setattr(ctx context.Context, n *node, h *handle, in *fuse.SetAttr
 			return errno
 		}
 	}
-	// A truncate (or chown) by an unprivileged user clears set-ID bits:
+	// A truncate by an unprivileged user, or a chown, clears set-ID bits:
 	// with CAP_HANDLE_KILLPRIV_V2 the kernel asks us to.
-	if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
-		done, err := withFd(killSetID)
-		if !done {
-			var st syscall.Stat_t
-			if _, err = statAt(l.d.fd, l.entry, &st); err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFREG && hasSetID(st.Mode) {
-				err = cipherdir.ChmodAt(l.d.fd, l.entry, clearSetID(st.Mode))
-			}
-		}
-		if err != nil {
-			return r.errno("setattr", ino, err)
-		}
+	if err := r.killPrivOnSetattr(ctx, in, withFd, l); err != nil {
+		return r.errno("setattr", ino, err)
 	}
 	modeChanged := in.Valid&(fuse.FATTR_MODE|fuse.FATTR_KILL_SUIDGID|fuse.FATTR_UID|fuse.FATTR_GID) != 0
 	if in.Valid&(fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
