@@ -120,8 +120,14 @@ func TestChunkNoncesFresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := c.SealChunk(nil, 0, true, []byte("same"))
-	b, _ := c.SealChunk(nil, 0, true, []byte("same"))
+	a, err := c.SealChunk(nil, 0, true, []byte("same"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.SealChunk(nil, 0, true, []byte("same"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	if bytes.Equal(a[:NonceSize], b[:NonceSize]) || bytes.Equal(a, b) {
 		t.Errorf("two seals of the same chunk share a nonce: %x", a[:NonceSize])
 	}

@@ -171,11 +171,16 @@ func TestTamperTruncateEveryLength(t *testing.T) {
 			t.Fatalf("cut at %d: last chunk %d (%d bytes): got %v, want ErrAuth", cut, lastIndex, len(lastChunk), err)
 		}
 		// stat agrees with the reader on where the file ends.
-		plainSize, _ := l.PlainSize(l.ContentOffset() + int64(cut))
-		if got := l.ChunkCount(plainSize); cut%k > ChunkOverhead || cut%k == 0 {
-			if got != int64(lastIndex+1) {
-				t.Fatalf("cut at %d: PlainSize %d has %d chunks, want %d", cut, plainSize, got, lastIndex+1)
+		// A last chunk no longer than its overhead is no valid size.
+		plainSize, err := l.PlainSize(l.ContentOffset() + int64(cut))
+		if rem := cut % k; rem > 0 && rem <= ChunkOverhead {
+			if !errors.Is(err, ErrBadSize) {
+				t.Fatalf("cut at %d (%d bytes into chunk %d): PlainSize: got %d, %v; want %v", cut, rem, lastIndex, plainSize, err, ErrBadSize)
 			}
+		} else if err != nil {
+			t.Fatalf("cut at %d: PlainSize: %v", cut, err)
+		} else if got := l.ChunkCount(plainSize); got != int64(lastIndex+1) {
+			t.Fatalf("cut at %d: PlainSize %d has %d chunks, want %d", cut, plainSize, got, lastIndex+1)
 		}
 	}
 }

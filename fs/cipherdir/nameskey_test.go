@@ -53,7 +53,10 @@ func TestWriteNamesKey(t *testing.T) {
 		}
 	}
 	for _, d := range []string{dir, MetaDir(dir)} {
-		entries, _ := os.ReadDir(d)
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			t.Fatal(err) // else the check below looks at nothing
+		}
 		for _, e := range entries {
 			if strings.Contains(e.Name(), ".tmp-") {
 				t.Errorf("temporary file %s left in %s", e.Name(), d)
@@ -112,7 +115,10 @@ func TestWriteNamesKeyRefuses(t *testing.T) {
 				t.Fatalf("got %v, want %v", err, tt.wantErr)
 			}
 			for _, d := range []string{dir, MetaDir(dir)} {
-				entries, _ := os.ReadDir(d)
+				entries, err := os.ReadDir(d)
+				if err != nil && !(tt.noMeta && d == MetaDir(dir) && errors.Is(err, os.ErrNotExist)) {
+					t.Fatal(err) // else the check below looks at nothing
+				}
 				for _, e := range entries {
 					if strings.Contains(e.Name(), ".tmp-") {
 						t.Errorf("temporary file %s left in %s", e.Name(), d)
@@ -225,7 +231,13 @@ func TestNamesKeyMetaSymlink(t *testing.T) {
 	if err := WriteNamesKey(dir, l, testNamesHeader()); err == nil {
 		t.Errorf("WriteNamesKey through a symlinked .kmsfs: got nil error, want one")
 	}
-	entries, _ := os.ReadDir(elsewhere + "/meta")
+	entries, err := os.ReadDir(elsewhere + "/meta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) == 0 {
+		t.Fatal("the moved .kmsfs is empty: copy 1 should be in it")
+	}
 	for _, e := range entries {
 		if strings.Contains(e.Name(), ".tmp-") {
 			t.Errorf("temporary file %s written through the symlink", e.Name())
