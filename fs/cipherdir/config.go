@@ -1,9 +1,8 @@
-// Package cipherdir owns what a cipher directory is made of besides its
-// cipher files: the kmsfs.conf configuration (parsed strictly), the paths
-// of the .kmsfs metadata directory, and the per-user runtime directory that
-// holds the records of running mounts. It does no cryptography and must
-// not import go-fuse: the CLI uses it offline (init, status, fsck).
 package cipherdir
+
+// config.go: kmsfs.conf, the configuration of a cipher directory (format
+// version, filesystem ID, provider and key, geometry, names, rewrap
+// epoch), parsed strictly.
 
 import (
 	"bytes"
