@@ -144,15 +144,26 @@ type expect struct {
 	zeros    map[int]bool // chunks that may read as a hole (zeros) past the written content
 	openFail bool         // the open itself must fail (EIO or EACCES)
 	empty    bool         // reads as an empty file
+	nchunks  int          // chunks the file must read as (0: atkNChunks); eio, otherOK cases
 }
 
 type attackCase struct {
-	name     string
-	files    []string // files it needs: name "<case>-0", "<case>-1", ...
-	tamper   func(a *atkEnv, names []string)
-	want     func(a *atkEnv, names []string) expect
-	fsck     string // a substring fsck must print for names[0] ("" = none required)
-	detected string // how it is detected, or "not detected: <why>"
+	name   string
+	files  []string // files it needs: name "<case>-0", "<case>-1", ...
+	tamper func(a *atkEnv, names []string)
+	want   func(a *atkEnv, names []string) expect
+	fsck   string // a substring fsck must print for names[0] ("" = none required)
+	// log: a regexp one mount.log line naming names[0] (its cipher
+	// file's inode or its file ID) must match ("" = none required). Every
+	// chunk that must read EIO needs its own "chunk failed
+	// authentication" line besides.
+	log      string
+	detected string // how it is detected, or "not detected: <why>" / "harmless: <why>"
+}
+
+// undetected: the case claims the mount and fsck see nothing.
+func (c attackCase) undetected() bool {
+	return strings.HasPrefix(c.detected, "not detected") || strings.HasPrefix(c.detected, "harmless")
 }
 
 func TestAttacks(t *testing.T) {
@@ -188,6 +199,19 @@ func testAttacks(t *testing.T, k nameKind) {
 	}
 	own := func(a *atkEnv, names []string) []byte { return a.content[names[0]] }
 	openFails := func(a *atkEnv, names []string) expect { return expect{openFail: true} }
+	// chunks: the file is cut or grown to n chunks.
+	chunks := func(n int, w func(a *atkEnv, names []string) expect) func(a *atkEnv, names []string) expect {
+		return func(a *atkEnv, names []string) expect {
+			e := w(a, names)
+			e.nchunks = n
+			return e
+		}
+	}
+	const (
+		logHeal       = `msg="healed header index entry from the file's header mirror"`
+		logNoSlot     = `msg="cannot open file key" .*no valid header slot`
+		logKMSRefuses = `msg="cannot open file key" .*wrapped key does not match its key or encryption context`
+	)
 	one := []string{"x"}
 	two := []string{"x", "y"}
 
@@ -201,7 +225,7 @@ func testAttacks(t *testing.T, k nameKind) {
 		{name: "flip-last-chunk", files: one, tamper: flip(func(*atkEnv, string) int64 { return atkOff(4) + 500 }),
 			want: eioAt(4), detected: "GCM tag"},
 		{name: "flip-file-id", files: one, tamper: flip(func(*atkEnv, string) int64 { return 8 + 5 }),
-			want: openFails, fsck: "no valid header slot", detected: "header slots name another file ID; the EDK's encryption context and every chunk's AAD bind the ID"},
+			want: openFails, fsck: "no valid header slot", log: logNoSlot, detected: "header slots name another file ID; the EDK's encryption context and every chunk's AAD bind the ID"},
 		{name: "flip-magic", files: one, tamper: flip(func(*atkEnv, string) int64 { return 1 }),
 			want: openFails, fsck: "invalid preamble", detected: "preamble check"},
 		{name: "swap-chunks", files: one, tamper: func(a *atkEnv, n []string) {
@@ -227,7 +251,7 @@ func testAttacks(t *testing.T, k nameKind) {
 		}, want: eioAt(4), detected: "GCM tag of the cut chunk"},
 		{name: "truncate-at-boundary", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.read(n[0])[:atkOff(3)])
-		}, want: eioAt(2), detected: "last-chunk flag in the AAD"},
+		}, want: chunks(3, eioAt(2)), detected: "last-chunk flag in the AAD"},
 		{name: "truncate-into-chunk-overhead", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.read(n[0])[:atkOff(4)+10]) // 10 bytes of chunk 4: shorter than nonce+tag
 		}, want: func(*atkEnv, []string) expect {
@@ -249,7 +273,7 @@ func testAttacks(t *testing.T, k nameKind) {
 		}, want: eioAt(4), detected: "GCM tag of the (now longer) last chunk"},
 		{name: "append-fake-chunk", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], append(a.read(n[0]), randBytes(a.t, atkCChunk)...))
-		}, want: eioAt(4, 5), detected: "GCM tag; the old last chunk is short and flagged last"},
+		}, want: chunks(6, eioAt(4, 5)), detected: "GCM tag; the old last chunk is short and flagged last"},
 		{name: "append-copy-of-last-chunk", files: one, tamper: func(a *atkEnv, n []string) {
 			b := a.read(n[0])
 			a.write(n[0], append(b, b[atkOff(4):]...))
@@ -258,7 +282,7 @@ func testAttacks(t *testing.T, k nameKind) {
 			b := a.read(n[0])
 			a.write(n[0], append(b, make([]byte, 2*atkCChunk)...))
 		}, want: func(*atkEnv, []string) expect {
-			return expect{eio: map[int]bool{4: true, 6: true}, zeros: map[int]bool{5: true}, otherOK: true}
+			return expect{eio: map[int]bool{4: true, 6: true}, zeros: map[int]bool{5: true}, otherOK: true, nchunks: 7}
 		}, detected: "the last chunk is never a hole, the old last chunk is short: EIO; the zero chunk between reads as a hole (zeros, never data)"},
 		{name: "swap-whole-files", files: two, tamper: func(a *atkEnv, n []string) {
 			x, y := a.read(n[0]), a.read(n[1])
@@ -287,7 +311,7 @@ func testAttacks(t *testing.T, k nameKind) {
 			copy(b[32:32+512], o[32:32+512])
 			a.write(n[0], b)
 			a.withIndex(func(ix *keymgr.Index) { must(a.t, ix.Delete(a.id(n[0]))) })
-		}, want: openFails, fsck: "the index has no copy either", detected: "no valid header anywhere: open fails (EIO)"},
+		}, want: openFails, fsck: "the index has no copy either", log: logNoSlot, detected: "no valid header anywhere: open fails (EIO)"},
 		{name: "whole-head-from-other-file", files: two, tamper: func(a *atkEnv, n []string) {
 			b, o := a.read(n[0]), a.read(n[1])
 			copy(b[:atkHead], o[:atkHead])
@@ -315,7 +339,7 @@ func testAttacks(t *testing.T, k nameKind) {
 			copy(b[32:], s)
 			a.write(n[0], b)
 			a.withIndex(func(ix *keymgr.Index) { must(a.t, ix.Delete(a.id(n[0]))) })
-		}, want: openFails, fsck: "no index entry", detected: "the KMS refuses the edited EDK (its AEAD tag): open fails"},
+		}, want: openFails, fsck: "no index entry", log: logKMSRefuses, detected: "the KMS refuses the edited EDK (its AEAD tag): open fails"},
 		{name: "index-entry-edited-edk", files: one, tamper: func(a *atkEnv, n []string) {
 			a.withIndex(func(ix *keymgr.Index) {
 				h, err := ix.Get(a.id(n[0]))
@@ -323,7 +347,7 @@ func testAttacks(t *testing.T, k nameKind) {
 				h.Keys[0].EDK[50] ^= 1
 				must(a.t, ix.Put(h))
 			})
-		}, want: exactly(own), fsck: "index entry differs from the header mirror",
+		}, want: exactly(own), fsck: "index entry differs from the header mirror", log: logHeal,
 			detected: "the edited EDK does not unwrap; the mount falls back to the header mirror and heals the index"},
 		{name: "index-entry-of-other-file", files: two, tamper: func(a *atkEnv, n []string) {
 			a.withIndex(func(ix *keymgr.Index) {
@@ -332,11 +356,11 @@ func testAttacks(t *testing.T, k nameKind) {
 				h.FileID = a.id(n[0])
 				must(a.t, ix.Put(h))
 			})
-		}, want: exactly(own), fsck: "index entry differs from the header mirror",
+		}, want: exactly(own), fsck: "index entry differs from the header mirror", log: logHeal,
 			detected: "the other file's EDK is bound to its own file ID (encryption context): mirror fallback"},
 		{name: "index-entry-deleted", files: one, tamper: func(a *atkEnv, n []string) {
 			a.withIndex(func(ix *keymgr.Index) { must(a.t, ix.Delete(a.id(n[0]))) })
-		}, want: exactly(own), fsck: "no index entry", detected: "harmless: the mirror is read and the index healed"},
+		}, want: exactly(own), fsck: "no index entry", log: logHeal, detected: "harmless: the mirror is read and the index healed"},
 		{name: "rollback-whole-file", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.oldCopy[n[0]])
 		}, want: exactly(func(a *atkEnv, n []string) []byte { return a.older[n[0]] }),
@@ -361,7 +385,7 @@ func testAttacks(t *testing.T, k nameKind) {
 		}), detected: "not detected: an all-zero non-final chunk is a hole (sparse files), as in gocryptfs"},
 		{name: "from-other-filesystem", files: one, tamper: func(a *atkEnv, n []string) {
 			a.write(n[0], a.oldCopy["foreign"])
-		}, want: openFails, detected: "the EDK's encryption context names another filesystem ID: the KMS refuses it"},
+		}, want: openFails, log: logKMSRefuses, detected: "the EDK's encryption context names another filesystem ID: the KMS refuses it"},
 	}
 
 	// Write every case's files, plus an older version of the rollback
@@ -401,10 +425,28 @@ func testAttacks(t *testing.T, k nameKind) {
 	other.mount()
 	must(t, os.WriteFile(filepath.Join(other.mnt, "foreign"), randBytes(t, atkSize), 0o644))
 	other.unmount()
-	a.oldCopy["foreign"], _ = os.ReadFile(other.cipherPath("foreign"))
+	foreign, err := os.ReadFile(other.cipherPath("foreign"))
+	must(t, err)
+	if len(foreign) <= atkHead {
+		t.Fatalf("the other filesystem's cipher file: %d bytes, want a head and content (more than %d)", len(foreign), atkHead)
+	}
+	a.oldCopy["foreign"] = foreign
 
+	// Each tampered file is named in mount.log by its cipher file's
+	// inode (os.WriteFile keeps it) and, for the key manager, by the file
+	// ID its preamble holds after the tamper.
+	type logName struct {
+		ino uint64
+		id  string
+	}
+	logNames := map[string]logName{}
 	for _, c := range cases {
 		c.tamper(a, names[c.name])
+		n := names[c.name][0]
+		fi, err := os.Stat(a.cipher(n))
+		must(t, err)
+		id, _ := fileIDOf(a.cipher(n)) // "" for a flipped magic
+		logNames[c.name] = logName{ino: fi.Sys().(*syscall.Stat_t).Ino, id: id}
 	}
 
 	// fsck (no repair) reports what it can see.
@@ -422,15 +464,7 @@ func testAttacks(t *testing.T, k nameKind) {
 			switch {
 			case want.openFail:
 				if openErr == nil {
-					bad := 0
-					for _, ch := range chunks {
-						if !ch.eio {
-							bad++
-						}
-					}
-					if bad > 0 {
-						t.Errorf("open succeeded and %d of %d chunks read without EIO; want the open refused (or every chunk EIO)", bad, len(chunks))
-					}
+					t.Errorf("open succeeded (size %d, %d chunks); want it refused with EIO or EACCES", size, len(chunks))
 				} else if !errors.Is(openErr, syscall.EIO) && !errors.Is(openErr, syscall.EACCES) {
 					t.Errorf("open: %v, want EIO or EACCES", openErr)
 				}
@@ -453,6 +487,13 @@ func testAttacks(t *testing.T, k nameKind) {
 				}
 			default:
 				content := a.content[n[0]]
+				wantChunks := atkNChunks
+				if want.nchunks != 0 {
+					wantChunks = want.nchunks
+				}
+				if len(chunks) != wantChunks {
+					t.Errorf("size %d: %d chunks, want %d", size, len(chunks), wantChunks)
+				}
 				for k, ch := range chunks {
 					switch {
 					case want.eio[k]:
@@ -490,11 +531,63 @@ func testAttacks(t *testing.T, k nameKind) {
 				if !found {
 					t.Errorf("fsck printed no line about %s (%s) containing %q; fsck output:\n%s", n[0], rel, c.fsck, fsckOut)
 				}
+			} else if c.undetected() {
+				rel := strings.TrimPrefix(a.cipher(n[0]), f.cipher+"/")
+				for _, l := range strings.Split(fsckOut, "\n") {
+					if strings.Contains(l, rel) || strings.Contains(l, n[0]) {
+						t.Errorf("fsck reports a case documented as %q: %s", c.detected, l)
+					}
+				}
 			}
 		})
 		table = append(table, fmt.Sprintf("%-38s %s", c.name, c.detected))
 	}
 	f.unmount()
+
+	// The mount log says what detected each case, naming the file (and
+	// the chunk); a case documented as undetected or harmless leaves no
+	// warning about its file.
+	mountLog := strings.Split(f.mountLog(), "\n")
+	linesAbout := func(ln logName) []string {
+		re := regexp.MustCompile(fmt.Sprintf(`\binode=%d\b`, ln.ino))
+		var out []string
+		for _, l := range mountLog {
+			if re.MatchString(l) || (ln.id != "" && strings.Contains(l, "file_id="+ln.id)) {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	for _, c := range cases {
+		t.Run("log/"+c.name, func(t *testing.T) {
+			n := names[c.name]
+			lines := linesAbout(logNames[c.name])
+			has := func(pattern string) bool {
+				re := regexp.MustCompile(pattern)
+				for _, l := range lines {
+					if re.MatchString(l) {
+						return true
+					}
+				}
+				return false
+			}
+			if c.log != "" && !has(c.log) {
+				t.Errorf("mount.log has no line about %s (%+v) matching %q; its lines about it:\n%s", n[0], logNames[c.name], c.log, strings.Join(lines, "\n"))
+			}
+			for k := range c.want(a, n).eio {
+				if !has(fmt.Sprintf(`level=WARN msg="chunk failed authentication" .*\bchunk=%d .*message authentication failed`, k)) {
+					t.Errorf("mount.log has no authentication failure of chunk %d of %s; its lines about it:\n%s", k, n[0], strings.Join(lines, "\n"))
+				}
+			}
+			if c.undetected() {
+				for _, l := range lines {
+					if badLogRE.MatchString(l) {
+						t.Errorf("mount.log warns about a case documented as %q: %s", c.detected, l)
+					}
+				}
+			}
+		})
+	}
 	t.Logf("attack cases and how each is met:\n%s", strings.Join(table, "\n"))
 }
 
