@@ -45,11 +45,11 @@ func TestIndexBackupLoad(t *testing.T) {
 	}
 	for id, h := range want {
 		got, err := dst.Get(id)
-		if err != nil || !sameHeader(got, h) {
+		if err != nil || !got.Equal(h) {
 			t.Fatalf("Get(%s) after Load: got %+v, %v, want %+v", id, got, err, h)
 		}
 	}
-	if got, err := dst.Get(own.FileID); err != nil || !sameHeader(got, own) {
+	if got, err := dst.Get(own.FileID); err != nil || !got.Equal(own) {
 		t.Errorf("own entry after Load: got %+v, %v", got, err)
 	}
 	if err := ro.Load(bytes.NewReader(buf.Bytes())); err == nil {

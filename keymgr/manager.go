@@ -9,7 +9,6 @@ package keymgr
 // mirror is read and the index healed.
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	crand "crypto/rand"
@@ -395,7 +394,7 @@ func (m *Manager) unwrapFile(ctx context.Context, id crypto.FileID, readHeader f
 			return nil, err
 		}
 		mh, merr := readMirror()
-		if merr != nil || sameHeader(h, mh) {
+		if merr != nil || h.Equal(mh) {
 			return nil, err
 		}
 		m.log.Info("header index entry does not unwrap; trying the file's header mirror",
@@ -466,19 +465,6 @@ func (m *Manager) heal(h crypto.Header, cause error) {
 	m.heals.Add(1)
 	m.log.Info("healed header index entry from the file's header mirror",
 		"file_id", h.FileID.String(), "generation", h.Generation, "cause", cause)
-}
-
-func sameHeader(a, b crypto.Header) bool {
-	if a.FileID != b.FileID || a.Generation != b.Generation || len(a.Keys) != len(b.Keys) {
-		return false
-	}
-	for i := range a.Keys {
-		ka, kb := a.Keys[i], b.Keys[i]
-		if ka.KeyARN != kb.KeyARN || ka.KeyVersion != kb.KeyVersion || !bytes.Equal(ka.EDK, kb.EDK) {
-			return false
-		}
-	}
-	return true
 }
 
 // Forget removes the file's index entry and cached key (the file was

@@ -401,7 +401,7 @@ func TestManagerPlantedHeaders(t *testing.T) {
 				t.Fatalf("OpenFile: %v", err)
 			} else {
 				opens(t, c, s.victim, s.sealed)
-				if ih, err := s.e.ix.Get(id); err != nil || !sameHeader(ih, s.victim) {
+				if ih, err := s.e.ix.Get(id); err != nil || !ih.Equal(s.victim) {
 					t.Errorf("index entry after the open: got %v, want it healed from the mirror", err)
 				}
 			}

@@ -1,6 +1,3 @@
-// Package keymgr owns the lifecycle of keys: the KMS providers (local and
-// aws), the badger header index, the memory-locked DEK cache, the DEK pool,
-// rewrap and the audit log. It must not know about FUSE.
 package keymgr
 
 import (

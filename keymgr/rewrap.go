@@ -4,8 +4,13 @@ package keymgr
 // filesystem's CMK, or to another CMK, with ReEncrypt: the DEK never leaves
 // the KMS and no content is rewritten.
 //
-// The engine works on a list of cipher files the caller gives (keymgr does
-// not know the tree layout; fs/cipherdir walks it). For each file:
+// The engine works on a list of cipher files the caller gives, and the
+// caller does every file I/O (RewrapOptions.Open, RewrapFile): keymgr
+// knows neither the tree layout nor the cipher-file format, and imports
+// nothing under fs/ (the command's opener walks the tree with fs/cipherdir,
+// reads and writes header slots with fs/cipherfile, lends a read-only file
+// its owner's write permission, and skips second hard links). For each
+// file:
 //
 //  1. read the header mirror from the file itself (the mirror is the
 //     truth, not the index);
@@ -13,7 +18,7 @@ package keymgr
 //     (RewrapTarget.Current, and for an epoch target only on a resumed
 //     run), make sure the index entry agrees and stop;
 //  3. else ReEncrypt the EDK to the target key, write the new header into
-//     the *other* slot with generation+1 and fsync (cipherfile.WriteHeader:
+//     the *other* slot with generation+1 and fsync (RewrapFile.WriteHeader:
 //     a torn write leaves the old slot valid), then put it in the index.
 //
 // A names-key head (kmsfs.names and its copy, file ID crypto.NamesKeyID)
@@ -50,16 +55,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kmsfs/kmsfs/crypto"
-	"github.com/kmsfs/kmsfs/fs/cipherfile"
 )
 
 // DefaultRewrapJobs is the number of files rewrapped at once.
@@ -129,11 +129,33 @@ func (t RewrapTarget) Current(h crypto.Header) bool {
 	return strings.HasSuffix(t.KeyARN, ":key/"+keyID)
 }
 
+// RewrapFile is one cipher file a rewrap's caller opened for it
+// (RewrapOptions.Open). Calls on one file are never concurrent.
+type RewrapFile interface {
+	// ReadHeader reads the file's header mirror: the valid slot with the
+	// highest generation.
+	ReadHeader() (crypto.Header, error)
+	// WriteHeader writes h (the header ReadHeader returned, generation
+	// plus one) into the slot ReadHeader did not pick, and fsyncs: until
+	// it returns, a crash leaves the old slot valid.
+	WriteHeader(h crypto.Header) error
+	// Unlinked reports whether the file has lost its last name (deleted
+	// while a mounted filesystem's rewrap worked on it).
+	Unlinked() bool
+	Close() error
+}
+
+// ErrRewrapSkip is what RewrapOptions.Open returns for a path with nothing
+// to rewrap: not a regular file, empty (no header yet: it gets the current
+// key when first written), or another hard link of a file already opened.
+// The path counts as skipped, as does one that no longer exists
+// (os.ErrNotExist).
+var ErrRewrapSkip = errors.New("rewrap: nothing to rewrap")
+
 // RewrapOptions configures Rewrap.
 type RewrapOptions struct {
-	FilesystemID string        // part of every encryption context
-	Layout       crypto.Layout // the filesystem's geometry
-	Provider     Provider      // its ReEncrypt moves the keys
+	FilesystemID string   // part of every encryption context
+	Provider     Provider // its ReEncrypt moves the keys
 	// Index gets each new header; nil updates no index. A read-only index
 	// is only read (dry runs).
 	Index  *Index
@@ -152,12 +174,12 @@ type RewrapOptions struct {
 	// far and the total. Calls are serialised.
 	Progress func(done, total int)
 	Logger   *slog.Logger // nil: discard
-	// Open opens one of the paths given to Rewrap with flags (O_NOFOLLOW
-	// is always among them; O_PATH asks for a handle on the entry
-	// itself). The caller's cipher tree knows how to reach a path without
-	// following a symlink or building a path longer than PATH_MAX; nil:
-	// os.OpenFile.
-	Open func(path string, flags int) (*os.File, error)
+	// Open opens one of the paths given to Rewrap for reading and, when
+	// write is set (not a dry run), writing; or returns ErrRewrapSkip.
+	// It is called from Jobs goroutines at once. Required: the caller's
+	// cipher tree knows how to reach a path without following a symlink
+	// and how a cipher file's header is laid out.
+	Open func(path string, write bool) (RewrapFile, error)
 }
 
 // RewrapFailure is one file a rewrap could not move.
@@ -220,9 +242,8 @@ func Rewrap(ctx context.Context, o RewrapOptions, paths []string) (RewrapStats, 
 		return RewrapStats{}, errors.New("rewrap: no target key")
 	case o.Jobs < 0:
 		return RewrapStats{}, fmt.Errorf("rewrap: %d jobs", o.Jobs)
-	}
-	if err := o.Layout.Validate(); err != nil {
-		return RewrapStats{}, fmt.Errorf("rewrap: %w", err)
+	case o.Open == nil:
+		return RewrapStats{}, errors.New("rewrap: no file opener")
 	}
 	if o.Jobs == 0 {
 		o.Jobs = DefaultRewrapJobs
@@ -230,7 +251,7 @@ func Rewrap(ctx context.Context, o RewrapOptions, paths []string) (RewrapStats, 
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &rewrapRun{o: o, total: len(paths), seen: map[[2]uint64]bool{}}
+	r := &rewrapRun{o: o, total: len(paths)}
 
 	work := make(chan string)
 	var wg sync.WaitGroup
@@ -270,7 +291,6 @@ type rewrapRun struct {
 
 	mu    sync.Mutex
 	stats RewrapStats
-	seen  map[[2]uint64]bool // (dev, inode) of files already taken
 }
 
 // fileResult is what file returns.
@@ -309,88 +329,20 @@ func (r *rewrapRun) record(path string, res fileResult) {
 	r.mu.Unlock()
 }
 
-// claim reports whether this is the first time the inode is seen (a
-// second hard link of a file is skipped).
-func (r *rewrapRun) claim(fi os.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return true
-	}
-	key := [2]uint64{uint64(st.Dev), st.Ino}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.seen[key] {
-		return false
-	}
-	r.seen[key] = true
-	return true
-}
-
-// openForRewrap opens a cipher file for reading and, unless dry, writing.
-// A file without write permission for its owner (a read-only plain file,
-// chmod 444) is opened by making it owner-writable for the open and
-// putting the mode back at once, all through one handle on the entry, so
-// the mode lent and the file opened are the same inode.
-func openForRewrap(open func(string, int) (*os.File, error), path string, dry bool) (*os.File, error) {
-	if open == nil {
-		open = func(p string, flags int) (*os.File, error) { return os.OpenFile(p, flags, 0) }
-	}
-	flags := os.O_RDONLY
-	if !dry {
-		flags = os.O_RDWR
-	}
-	flags |= syscall.O_NOFOLLOW | syscall.O_CLOEXEC | syscall.O_NONBLOCK
-	f, err := open(path, flags)
-	if err == nil || dry || !errors.Is(err, os.ErrPermission) {
-		return f, err
-	}
-	h, herr := open(path, unix.O_PATH|syscall.O_NOFOLLOW|syscall.O_CLOEXEC)
-	if herr != nil {
-		return nil, err
-	}
-	defer h.Close()
-	var st unix.Stat_t
-	if serr := unix.Fstat(int(h.Fd()), &st); serr != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
-		st.Mode&0o200 != 0 || int(st.Uid) != os.Geteuid() {
-		return nil, err
-	}
-	perm := st.Mode & 0o7777
-	proc := "/proc/self/fd/" + strconv.Itoa(int(h.Fd())) // names the inode, never a symlink (checked regular)
-	if cerr := unix.Chmod(proc, perm|0o200); cerr != nil {
-		return nil, err
-	}
-	f, err = os.OpenFile(proc, flags&^syscall.O_NOFOLLOW, 0)
-	if cerr := unix.Chmod(proc, perm); cerr != nil && err == nil {
-		f.Close()
-		return nil, fmt.Errorf("restore mode %o of %s: %w", perm, path, cerr)
-	}
-	return f, err
-}
-
 // file rewraps one cipher file.
 func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 	if ctx.Err() != nil {
 		return fileResult{out: outSkipped} // stopped: the next run does it
 	}
-	f, err := openForRewrap(r.o.Open, path, r.o.DryRun)
-	if errors.Is(err, os.ErrNotExist) {
-		return fileResult{out: outSkipped} // deleted since the walk
+	f, err := r.o.Open(path, !r.o.DryRun)
+	if errors.Is(err, ErrRewrapSkip) || errors.Is(err, os.ErrNotExist) {
+		return fileResult{out: outSkipped} // nothing to do, or deleted since the walk
 	}
 	if err != nil {
-		return fileResult{out: outFailed, err: fmt.Errorf("open: %w", err)}
+		return fileResult{out: outFailed, err: err}
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fileResult{out: outFailed, err: fmt.Errorf("stat: %w", err)}
-	}
-	if !fi.Mode().IsRegular() || fi.Size() == 0 {
-		return fileResult{out: outSkipped} // no header yet: it gets the current key when first written
-	}
-	if !r.claim(fi) {
-		return fileResult{out: outSkipped}
-	}
-	h, slot, err := cipherfile.ReadHeader(f, r.o.Layout)
+	h, err := f.ReadHeader()
 	if err != nil {
 		return fileResult{out: outFailed, err: fmt.Errorf("%w: run kmsfs fsck", err)}
 	}
@@ -418,7 +370,7 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 		return fileResult{out: outFailed, id: id, err: err}
 	}
 	nh := crypto.Header{FileID: h.FileID, Generation: h.Generation + 1, Keys: []crypto.WrappedKey{wk}}
-	if err := cipherfile.WriteHeader(f, r.o.Layout, nh, slot); err != nil {
+	if err := f.WriteHeader(nh); err != nil {
 		return fileResult{out: outFailed, id: id, err: err}
 	}
 	if ix != nil {
@@ -427,10 +379,8 @@ func (r *rewrapRun) file(ctx context.Context, path string) fileResult {
 		}
 		// Unlinked while we worked (a mounted filesystem): the entry we
 		// just wrote would be an orphan.
-		if fi, err := f.Stat(); err == nil {
-			if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 0 {
-				_ = ix.Delete(h.FileID)
-			}
+		if f.Unlinked() {
+			_ = ix.Delete(h.FileID)
 		}
 	}
 	r.o.Logger.Debug("rewrapped", "file_id", id, "generation", nh.Generation, "key_arn", wk.KeyARN, "key_version", wk.KeyVersion)
@@ -443,7 +393,7 @@ func (r *rewrapRun) syncIndex(ix *Index, h crypto.Header) (bool, error) {
 		return false, nil
 	}
 	ih, err := ix.Get(h.FileID)
-	if err == nil && sameHeader(ih, h) {
+	if err == nil && ih.Equal(h) {
 		return false, nil
 	}
 	if r.o.DryRun || ix.ReadOnly() {
@@ -485,71 +435,4 @@ func (r *rewrapRun) reencrypt(ctx context.Context, h crypto.Header) (crypto.Wrap
 		return wk, nil
 	}
 	return crypto.WrappedKey{}, errors.Join(errs...)
-}
-
-// WrapKey returns the key ARN and epoch new files are wrapped under.
-func (m *Manager) WrapKey() (string, uint32) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.keyARN, m.epoch
-}
-
-// SetWrapKey makes new files wrap under keyARN, stamping epoch where the
-// provider shows no key version. The DEK pool is replaced by a fresh one
-// (its waiting keys are zeroed), so it also serves after a rotation of the
-// same key: keys generated before it would carry the old version.
-func (m *Manager) SetWrapKey(keyARN string, epoch uint32) error {
-	if keyARN == "" {
-		return errors.New("set wrap key: key ARN is empty")
-	}
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		return fmt.Errorf("set wrap key: %w", errManagerClosed)
-	}
-	old := m.pool
-	o := old.o
-	o.KeyARN = keyARN
-	pool, err := newDEKPool(o)
-	if err != nil {
-		m.mu.Unlock()
-		return fmt.Errorf("set wrap key %s: %w", keyARN, err)
-	}
-	if m.started {
-		pool.start(m.startCtx)
-	}
-	m.pool, m.keyARN, m.epoch = pool, keyARN, epoch
-	m.mu.Unlock()
-	if err := old.close(); err != nil {
-		m.log.Warn("close replaced DEK pool", "err", err)
-	}
-	m.log.Info("new files now wrap under", "key_arn", keyARN, "epoch", epoch)
-	return nil
-}
-
-func (m *Manager) currentPool() *dekPool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.pool
-}
-
-// takeKey takes a key from the current pool, stamping the epoch into a key
-// without a version. A pool replaced under the call is retried.
-func (m *Manager) takeKey(ctx context.Context, dek []byte) (pooledKey, error) {
-	for try := 0; ; try++ {
-		m.mu.Lock()
-		p, epoch := m.pool, m.epoch
-		m.mu.Unlock()
-		k, err := p.take(ctx, dek)
-		if err != nil {
-			if try < 3 && m.currentPool() != p {
-				continue
-			}
-			return k, err
-		}
-		if k.KeyVersion == 0 {
-			k.KeyVersion = epoch
-		}
-		return k, nil
-	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,7 +171,7 @@ func (e *rwEnv) checkAll(t testing.TB, want func(h crypto.Header) bool) {
 			t.Fatalf("%s: header %s gen %d version %d not as wanted", p, h.Keys[0].KeyARN, h.Generation, h.Keys[0].KeyVersion)
 		}
 		ih, err := e.ix.Get(h.FileID)
-		if err != nil || !sameHeader(ih, h) {
+		if err != nil || !ih.Equal(h) {
 			t.Fatalf("%s: index entry (%v) differs from the header mirror (generation %d vs %d)", p, err, ih.Generation, h.Generation)
 		}
 	}
@@ -197,8 +198,60 @@ func (e *rwEnv) auditCount(t testing.TB, op string) int {
 }
 
 func (e *rwEnv) opts(t RewrapTarget, jobs int) RewrapOptions {
-	return RewrapOptions{FilesystemID: stFilesystemID, Layout: e.layout, Provider: e.prov, Index: e.ix, Target: t, Jobs: jobs}
+	return RewrapOptions{FilesystemID: stFilesystemID, Provider: e.prov, Index: e.ix, Target: t, Jobs: jobs, Open: e.open}
 }
+
+// open is the tests' RewrapOptions.Open: a plain open and the cipherfile
+// codec. What the command's opener adds (no symlink followed on the way,
+// write permission lent to a read-only file, second hard links skipped) is
+// tested with it in cmd/kmsfs.
+func (e *rwEnv) open(path string, write bool) (RewrapFile, error) {
+	flags := os.O_RDONLY
+	if write {
+		flags = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flags|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() == 0 {
+		f.Close()
+		return nil, ErrRewrapSkip
+	}
+	return &testRewrapFile{f: f, layout: e.layout}, nil
+}
+
+type testRewrapFile struct {
+	f      *os.File
+	layout crypto.Layout
+	slot   int // the slot ReadHeader picked
+}
+
+func (c *testRewrapFile) ReadHeader() (crypto.Header, error) {
+	h, slot, err := cipherfile.ReadHeader(c.f, c.layout)
+	c.slot = slot
+	return h, err
+}
+
+func (c *testRewrapFile) WriteHeader(h crypto.Header) error {
+	return cipherfile.WriteHeader(c.f, c.layout, h, c.slot)
+}
+
+func (c *testRewrapFile) Unlinked() bool {
+	fi, err := c.f.Stat()
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink == 0
+}
+
+func (c *testRewrapFile) Close() error { return c.f.Close() }
 
 func (e *rwEnv) target(t testing.TB, ref string, epoch uint32) RewrapTarget {
 	t.Helper()
@@ -317,8 +370,8 @@ func TestRewrapDryRunChangesNothing(t *testing.T) {
 	e.checkAll(t, func(h crypto.Header) bool { return h.Keys[0].KeyARN == e.keyA.ARN && h.Generation == 1 })
 }
 
-// TestRewrapOddFiles: every kind of file a tree may hold, and every state a
-// killed rewrap may leave.
+// TestRewrapOddFiles: every state a killed rewrap may leave, a file that
+// is not a cipher file, and the paths the opener skips.
 func TestRewrapOddFiles(t *testing.T) {
 	e := newRWEnv(t, nil)
 	e.log.expectWarnings() // the failures are logged
@@ -346,14 +399,23 @@ func TestRewrapOddFiles(t *testing.T) {
 	}
 	// f2: the other slot torn (a write cut short).
 	tear(t, f2, e.layout)
-	// f3: read-only for its owner (chmod 444).
-	if err := os.Chmod(f3, 0o444); err != nil {
-		t.Fatal(err)
+	// f3: open when its last name goes (a mounted filesystem's unlink):
+	// it is rewrapped, and its index entry, an orphan, is dropped.
+	id3 := e.header(t, f3).FileID
+	o := e.opts(tg, 4)
+	o.Open = func(path string, write bool) (RewrapFile, error) {
+		f, err := e.open(path, write)
+		if path == f3 && err == nil {
+			if err := os.Remove(f3); err != nil {
+				t.Error(err)
+			}
+		}
+		return f, err
 	}
-	// A second hard link of f3, an empty file, a vanished path, a file
-	// that is not a cipher file.
-	link := filepath.Join(e.dir, "link-of-f3")
-	if err := os.Link(f3, link); err != nil {
+	// An empty file and a fifo (the opener skips them), a vanished path,
+	// a file that is not a cipher file.
+	fifo := filepath.Join(e.dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	empty := filepath.Join(e.dir, "empty")
@@ -362,8 +424,8 @@ func TestRewrapOddFiles(t *testing.T) {
 	os.WriteFile(junk, []byte("not a cipher file at all, no magic"), 0o644)
 	gone := filepath.Join(e.dir, "gone")
 
-	list := append(append([]string{}, e.files...), link, empty, junk, gone)
-	st, err = Rewrap(ctx, e.opts(tg, 4), list)
+	list := append(append([]string{}, e.files...), fifo, empty, junk, gone)
+	st, err = Rewrap(ctx, o, list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,10 +437,39 @@ func TestRewrapOddFiles(t *testing.T) {
 	if len(st.Failures) != 1 || st.Failures[0].Path != junk || !errors.Is(st.Failures[0].Err, crypto.ErrNotCipherFile) {
 		t.Errorf("failures: got %+v, want junk as not a cipher file", st.Failures)
 	}
-	if fi, _ := os.Stat(f3); fi.Mode().Perm() != 0o444 {
-		t.Errorf("mode of the read-only file: got %v, want 0444", fi.Mode().Perm())
+	if _, err := e.ix.Get(id3); !errors.Is(err, ErrNotIndexed) {
+		t.Errorf("index entry of the file unlinked during the rewrap: got %v, want %v", err, ErrNotIndexed)
 	}
+	e.files = slices.DeleteFunc(e.files, func(p string) bool { return p == f3 })
 	e.checkAll(t, func(h crypto.Header) bool { return h.Keys[0].KeyARN == e.keyB.ARN })
+}
+
+// TestRewrapOpenErrors: without an opener Rewrap does not run; a path the
+// opener fails on is a failure with the opener's error, and the others go on.
+func TestRewrapOpenErrors(t *testing.T) {
+	e := newRWEnv(t, nil)
+	e.log.expectWarnings()
+	e.create(t, 3)
+	tg := e.target(t, "alias/rw-b", 0)
+	o := e.opts(tg, 2)
+	o.Open = nil
+	if _, err := Rewrap(context.Background(), o, e.files); err == nil {
+		t.Fatal("Rewrap without an opener: got no error")
+	}
+	refused := errors.New("refused by the opener")
+	o.Open = func(path string, write bool) (RewrapFile, error) {
+		if path == e.files[1] {
+			return nil, refused
+		}
+		return e.open(path, write)
+	}
+	st, err := Rewrap(context.Background(), o, e.files)
+	if err != nil || st.Files != 3 || st.Rewrapped != 2 || st.Failed != 1 {
+		t.Fatalf("got %+v, %v; want 3 files, 2 rewrapped, 1 failed", st, err)
+	}
+	if len(st.Failures) != 1 || st.Failures[0].Path != e.files[1] || !errors.Is(st.Failures[0].Err, refused) {
+		t.Errorf("failures: got %+v, want %s refused by the opener", st.Failures, e.files[1])
+	}
 }
 
 func (e *rwEnv) header(t testing.TB, p string) crypto.Header {

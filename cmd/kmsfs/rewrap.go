@@ -4,7 +4,9 @@ package main
 // current version of the filesystem's key, or (--to) to another key, with
 // the KMS's ReEncrypt. Unmounted, it opens the header index itself;
 // mounted, it asks the mount over its control socket (control.go), which
-// runs the same job with its own index and streams progress back.
+// runs the same job with its own index and streams progress back. The
+// keys move in keymgr.Rewrap; the cipher-file I/O it needs is here
+// (rewrapOpener), over fs/cipherdir and fs/cipherfile.
 
 import (
 	"context"
@@ -20,9 +22,12 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
+	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -201,7 +206,6 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 
 	opts := keymgr.RewrapOptions{
 		FilesystemID: conf.FilesystemID,
-		Layout:       conf.Layout(),
 		Provider:     env.prov,
 		Index:        env.ix,
 		Target:       tg,
@@ -210,9 +214,6 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 		DryRun:       req.DryRun,
 		Progress:     progress,
 		Logger:       env.log,
-		Open: func(path string, flags int) (*os.File, error) {
-			return cipherdir.OpenBeneath(env.dir, path, flags)
-		},
 	}
 	var total keymgr.RewrapStats
 	for pass := 0; ; pass++ {
@@ -221,6 +222,7 @@ func runRewrapJob(ctx context.Context, env rewrapEnv, req rewrapRequest, progres
 			return sum, fmt.Errorf("list the cipher files of %s: %w", env.dir, err)
 		}
 		paths = append(paths, rewrapRootHeads(env.dir, conf)...)
+		opts.Open = rewrapOpener(env.dir, conf.Layout()) // each pass takes every file once
 		st, err := keymgr.Rewrap(ctx, opts, paths)
 		if pass == 0 {
 			total = st
@@ -292,6 +294,93 @@ func rewrapRootHeads(dir string, conf cipherdir.Config) []string {
 	}
 	return out
 }
+
+// rewrapOpener is keymgr.RewrapOptions.Open over the cipher directory dir
+// for one pass. A path is reached one component at a time from the root
+// (no symlink followed, no PATH_MAX limit); a file its owner may read but
+// not write (chmod 444) is opened for writing by lending the owner the
+// write bit for the open (cipherdir.OpenLending); what is not a regular
+// file, an empty file (no header yet: it gets the current key when first
+// written) and every hard link of a file after the first are skipped
+// (keymgr.ErrRewrapSkip).
+func rewrapOpener(dir string, layout crypto.Layout) func(path string, write bool) (keymgr.RewrapFile, error) {
+	var taken cipherdir.InodeSet
+	return func(path string, write bool) (keymgr.RewrapFile, error) {
+		f, err := openForRewrap(dir, path, write)
+		if err != nil {
+			return nil, fmt.Errorf("open: %w", err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("stat: %w", err)
+		}
+		if !fi.Mode().IsRegular() || fi.Size() == 0 || !taken.Add(fi) {
+			f.Close()
+			return nil, keymgr.ErrRewrapSkip
+		}
+		return &rewrapFile{f: f, layout: layout}, nil
+	}
+}
+
+// openForRewrap opens path in dir for reading and, when write is set,
+// writing; O_NONBLOCK, so that a fifo swapped in cannot hold the open.
+func openForRewrap(dir, path string, write bool) (*os.File, error) {
+	flags := os.O_RDONLY | syscall.O_NONBLOCK
+	if write {
+		flags = os.O_RDWR | syscall.O_NONBLOCK
+	}
+	f, err := cipherdir.OpenBeneath(dir, path, flags)
+	if err == nil || !write || !errors.Is(err, os.ErrPermission) {
+		return f, err
+	}
+	// Perhaps read-only for its owner: lend the write bit. Refused,
+	// the first open's error stands.
+	var parent *os.File
+	var perr error
+	if filepath.Dir(path) == filepath.Clean(dir) {
+		parent, perr = os.Open(dir)
+	} else {
+		parent, perr = cipherdir.OpenBeneath(dir, filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY)
+	}
+	if perr != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	fd, lerr := cipherdir.OpenLending(int(parent.Fd()), filepath.Base(path), flags, cipherdir.LendWrite)
+	if lerr == syscall.EACCES {
+		return nil, err
+	}
+	if lerr != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: lerr}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// rewrapFile is a cipher file open for a rewrap (keymgr.RewrapFile): its
+// header slots through fs/cipherfile.
+type rewrapFile struct {
+	f      *os.File
+	layout crypto.Layout
+	slot   int // the slot ReadHeader picked; WriteHeader writes the other
+}
+
+func (r *rewrapFile) ReadHeader() (crypto.Header, error) {
+	h, slot, err := cipherfile.ReadHeader(r.f, r.layout)
+	r.slot = slot
+	return h, err
+}
+
+func (r *rewrapFile) WriteHeader(h crypto.Header) error {
+	return cipherfile.WriteHeader(r.f, r.layout, h, r.slot)
+}
+
+func (r *rewrapFile) Unlinked() bool {
+	var st unix.Stat_t
+	return unix.Fstat(int(r.f.Fd()), &st) == nil && st.Nlink == 0
+}
+
+func (r *rewrapFile) Close() error { return r.f.Close() }
 
 func fillSummary(sum *rewrapSummary, st keymgr.RewrapStats, dir string, start time.Time) {
 	sum.Files, sum.Rewrapped, sum.Current = st.Files, st.Rewrapped, st.Current
