@@ -4,8 +4,10 @@ package integration
 // POSIX operations run against the mount and against a plain reference
 // directory on the same kind of disk; after every operation the results
 // (errno, byte counts, bytes read) must agree, the touched paths and open
-// handles must agree (type, mode, size, link count, content), and every
-// checkEvery operations the worker's whole subtree is compared.
+// handles must agree (type, mode, size, link count, content; the
+// modification time right after the model sets it, at the mount's
+// resolution), and every checkEvery operations the worker's whole subtree
+// is compared.
 //
 // Several workers run at once, each in its own subdirectory with its own
 // seed. The model runs on both kinds of filesystem (subtests
@@ -79,6 +81,7 @@ type modelHandle struct {
 
 type modelWorker struct {
 	t        *testing.T
+	timeRes  time.Duration // the mount's timestamp resolution
 	seed     int64
 	rng      *rand.Rand
 	ref, mnt string // the worker's two roots
@@ -109,6 +112,7 @@ func testModel(t *testing.T, k nameKind, total int) {
 	f := newFixture(t)
 	f.initKind(k, "--chunk-size", fmt.Sprint(modelChunk))
 	f.mount()
+	timeRes := mountTimeResolution(t, f.mnt)
 
 	var seeds []int64
 	if *modelSeed != 0 {
@@ -125,11 +129,12 @@ func testModel(t *testing.T, k nameKind, total int) {
 	workers := make([]*modelWorker, len(seeds))
 	for i, seed := range seeds {
 		w := &modelWorker{
-			t:    t,
-			seed: seed,
-			rng:  rand.New(rand.NewSource(seed)),
-			ref:  filepath.Join(f.dir, "ref", fmt.Sprintf("w%d", i)),
-			mnt:  filepath.Join(f.mnt, fmt.Sprintf("w%d", i)),
+			t:       t,
+			timeRes: timeRes,
+			seed:    seed,
+			rng:     rand.New(rand.NewSource(seed)),
+			ref:     filepath.Join(f.dir, "ref", fmt.Sprintf("w%d", i)),
+			mnt:     filepath.Join(f.mnt, fmt.Sprintf("w%d", i)),
 		}
 		workers[i] = w
 		for _, d := range []string{w.ref, w.mnt} {
@@ -167,6 +172,40 @@ func testModel(t *testing.T, k nameKind, total int) {
 	if out, stderr, code := f.run("fsck", f.cipher); code != 0 {
 		t.Errorf("fsck after the model run: exit %d\n%s%s", code, out, stderr)
 	}
+}
+
+// mountTimeResolution finds the finest timestamp resolution the mount
+// keeps (a power of ten nanoseconds, at most a second): it sets an mtime
+// with nine significant fractional digits and reads it back.
+func mountTimeResolution(t *testing.T, mnt string) time.Duration {
+	t.Helper()
+	p := filepath.Join(mnt, "time-resolution-probe")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(p)
+	set := time.Unix(1700000000, 123456789)
+	if err := os.Chtimes(p, set, set); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for res := time.Nanosecond; res <= time.Second; res *= 10 {
+		if fi.ModTime().Truncate(res).Equal(set.Truncate(res)) {
+			t.Logf("mount timestamp resolution: %v", res)
+			return res
+		}
+	}
+	t.Fatalf("mtime set to %v reads back as %v: not even whole seconds kept", set, fi.ModTime())
+	return 0
+}
+
+// modelTime is a random timestamp between 2001 and 2033 with a random
+// nanosecond part.
+func (w *modelWorker) modelTime() time.Time {
+	return time.Unix(1e9+w.rng.Int63n(1e9), w.rng.Int63n(1e9))
 }
 
 func (w *modelWorker) run(n int) {
@@ -383,6 +422,25 @@ func (w *modelWorker) step() {
 			h = nil
 			w.logOp("chmod %s %o", p, mode)
 			w.both("chmod "+p, func(root string) error { return syscall.Chmod(filepath.Join(root, p), mode) })
+			touched = append(touched, p)
+		}
+	case op < 67: // set the modification time, by path or through a handle
+		mtime := w.modelTime()
+		if h = w.pickHandle(); h != nil && w.rng.Intn(2) == 0 {
+			// utimes on /proc/self/fd/N, microseconds (linked or not).
+			mtime = mtime.Truncate(time.Microsecond)
+			tv := []unix.Timeval{unix.NsecToTimeval(mtime.UnixNano()), unix.NsecToTimeval(mtime.UnixNano())}
+			w.logOp("futimes handle(%s) %v", h.path, mtime)
+			if w.same("futimes", unix.Futimes(int(h.ref.Fd()), tv), unix.Futimes(int(h.mnt.Fd()), tv)) {
+				w.compareHandleMtime(h, mtime)
+			}
+		} else {
+			h = nil
+			p := w.name()
+			w.logOp("chtimes %s %v", p, mtime)
+			if w.both("chtimes "+p, func(root string) error { return os.Chtimes(filepath.Join(root, p), mtime, mtime) }) {
+				w.compareMtime(p, mtime)
+			}
 			touched = append(touched, p)
 		}
 	case op < 71: // open a handle
@@ -603,6 +661,35 @@ func (w *modelWorker) compareHandle(h *modelHandle) {
 	}
 }
 
+// compareMtime compares the modification times of rel (followed, as
+// chtimes set them) right after the model set them to want.
+func (w *modelWorker) compareMtime(rel string, want time.Time) {
+	f1, e1 := os.Stat(filepath.Join(w.ref, rel))
+	f2, e2 := os.Stat(filepath.Join(w.mnt, rel))
+	if !w.same("stat after chtimes "+rel, e1, e2) || e1 != nil {
+		return
+	}
+	w.checkMtime(rel, want, f1.ModTime(), f2.ModTime())
+}
+
+func (w *modelWorker) compareHandleMtime(h *modelHandle, want time.Time) {
+	f1, e1 := h.ref.Stat()
+	f2, e2 := h.mnt.Stat()
+	if !w.same("fstat after futimes handle("+h.path+")", e1, e2) || e1 != nil {
+		return
+	}
+	w.checkMtime("handle("+h.path+")", want, f1.ModTime(), f2.ModTime())
+}
+
+// checkMtime: both sides hold the time the model set, at the mount's
+// resolution (the reference keeps at least as much).
+func (w *modelWorker) checkMtime(what string, want, ref, mnt time.Time) {
+	want = want.Truncate(w.timeRes)
+	if !ref.Truncate(w.timeRes).Equal(want) || !mnt.Truncate(w.timeRes).Equal(want) {
+		w.fail("%s: mtime: set %v, reference %v, mount %v (resolution %v)", what, want, ref, mnt, w.timeRes)
+	}
+}
+
 func (w *modelWorker) compareListing(rel string) {
 	l1, e1 := listNames(filepath.Join(w.ref, rel))
 	l2, e2 := listNames(filepath.Join(w.mnt, rel))
@@ -626,11 +713,17 @@ func (w *modelWorker) compareTree() {
 	walk := func(root string) map[string]modelEntry {
 		out := map[string]modelEntry{}
 		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			rel, rerr := filepath.Rel(root, p)
+			if rerr != nil {
+				w.fail("tree: %s is not under %s: %v", p, root, rerr)
+				return filepath.SkipAll
+			}
 			if err != nil {
-				out[p] = modelEntry{err: errnoOf(err)}
+				// Keyed by the relative path, as the entries are, so
+				// the same error on both sides compares equal.
+				out[rel] = modelEntry{err: errnoOf(err)}
 				return nil
 			}
-			rel, _ := filepath.Rel(root, p)
 			out[rel] = describe(p, true)
 			return nil
 		})
@@ -648,8 +741,8 @@ func (w *modelWorker) compareTree() {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if k == "." {
-			continue
+		if k == "." && a[k].err == 0 && b[k].err == 0 {
+			continue // the two roots themselves, both readable
 		}
 		w.compareEntry("tree:"+k, a[k], b[k])
 		if w.failed {
