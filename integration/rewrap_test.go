@@ -322,9 +322,30 @@ func TestRewrapOnlineWithWriter(t *testing.T) {
 			mu.Unlock()
 		}
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The writer runs before, during and after the rewrap: wait for its
+	// creates instead of sleeping (a writer not yet started would leave
+	// nothing written during the rewrap).
+	createdAtLeast := func(what string, n int) int {
+		t.Helper()
+		deadline := time.Now().Add(f.limit())
+		for {
+			mu.Lock()
+			got := len(written)
+			mu.Unlock()
+			if got >= n {
+				return got
+			}
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("creates %s: %d, want at least %d", what, got, n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	before := createdAtLeast("before the rewrap", 2)
 	out := f.kmsfs("rewrap", "--to", "alias/rw-new", "--jobs", "4", f.cipher)
-	time.Sleep(100 * time.Millisecond)
+	createdAtLeast("after the rewrap", createdAtLeast("by the rewrap's end", before)+2)
 	close(stop)
 	wg.Wait()
 	if !strings.Contains(out, "through the mount") || !strings.Contains(out, "kmsfs.conf") {
