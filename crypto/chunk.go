@@ -60,11 +60,14 @@ type ContentCipher struct {
 	// randMu serializes reads of an injected reader that may not be safe for
 	// concurrent use; crypto/rand.Reader is, and skips it.
 	randMu *sync.Mutex
-	// aadPool holds *[chunkAADSize]byte: an AAD array on the stack would
-	// escape through the cipher.AEAD interface call and cost an allocation
-	// per chunk.
-	aadPool sync.Pool
 }
+
+// chunkAADPool holds *[chunkAADSize]byte: an AAD array on the stack would
+// escape through the cipher.AEAD interface call and cost an allocation per
+// chunk. One pool serves every cipher (each use rewrites the whole AAD): a
+// pool inside a ContentCipher would keep it reachable, from sync.Pool's
+// list of pools, one garbage collection longer than its last use.
+var chunkAADPool = sync.Pool{New: func() any { return new([chunkAADSize]byte) }}
 
 // NewContentCipher keys AES-256-GCM with dek (32 bytes) for file id. The DEK
 // is not retained: the caller may zero it on return. Its one expansion, the
@@ -93,7 +96,6 @@ func NewContentCipher(dek []byte, id FileID, l Layout, r io.Reader) (*ContentCip
 	} else if r != rand.Reader {
 		c.randMu = new(sync.Mutex)
 	}
-	c.aadPool.New = func() any { return new([chunkAADSize]byte) }
 	return c, nil
 }
 
@@ -104,7 +106,7 @@ func (c *ContentCipher) FileID() FileID { return c.id }
 func (c *ContentCipher) Layout() Layout { return c.layout }
 
 func (c *ContentCipher) chunkAAD(index int64, last bool) *[chunkAADSize]byte {
-	aad := c.aadPool.Get().(*[chunkAADSize]byte)
+	aad := chunkAADPool.Get().(*[chunkAADSize]byte)
 	copy(aad[:], c.id[:])
 	binary.BigEndian.PutUint64(aad[chunkAADIndexOff:], uint64(index))
 	aad[chunkAADLastOff] = 0
@@ -142,7 +144,8 @@ func (c *ContentCipher) SealChunk(dst []byte, index int64, last bool, plain []by
 	}
 	aad := c.chunkAAD(index, last)
 	out = c.aead.Seal(out, nonce, plain, aad[:])
-	c.aadPool.Put(aad) // keeps c alive past Seal (its cleanup zeroes c.aead)
+	chunkAADPool.Put(aad)
+	runtime.KeepAlive(c) // its cleanup zeroes c.aead
 	return out, nil
 }
 
@@ -160,7 +163,8 @@ func (c *ContentCipher) OpenChunk(dst []byte, index int64, last bool, sealed []b
 	}
 	aad := c.chunkAAD(index, last)
 	out, err := c.aead.Open(dst, sealed[:NonceSize], sealed[NonceSize:], aad[:])
-	c.aadPool.Put(aad) // keeps c alive past Open (its cleanup zeroes c.aead)
+	chunkAADPool.Put(aad)
+	runtime.KeepAlive(c) // its cleanup zeroes c.aead
 	if err != nil {
 		return dst, fmt.Errorf("open chunk %d (last %t): %w", index, last, ErrAuth)
 	}
