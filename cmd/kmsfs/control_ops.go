@@ -88,6 +88,7 @@ func keyStoresOf(st keymgr.ManagerStats) *keyStores {
 		CacheHits: st.CacheHits, CacheMisses: st.CacheMisses,
 		PoolReady: st.PoolReady, PoolTarget: st.PoolTarget, PoolSize: st.PoolSize, PoolTaken: st.PoolTaken,
 		PoolWaits: st.PoolWaits, PoolSyncFallbacks: st.PoolSyncFallbacks, PoolRefillErrors: st.PoolRefillErrors,
+		ProcessLocked: processLocked.Load(),
 	}
 }
 

@@ -105,6 +105,10 @@ type keyStores struct {
 	PoolWaits         uint64 `json:"pool_waits"`
 	PoolSyncFallbacks uint64 `json:"pool_sync_fallbacks"`
 	PoolRefillErrors  uint64 `json:"pool_refill_errors"`
+	// ProcessLocked: the whole mount process is locked in memory
+	// (mlockall, memlock.go), the key schedules in its heap included;
+	// false: only the DEK cache and pool are.
+	ProcessLocked bool `json:"process_locked"`
 }
 
 // errRequestTooLarge: a request line longer than the server reads.

@@ -58,6 +58,7 @@ func openIndexHealing(dir string, log *slog.Logger) (*keymgr.Index, error) {
 func serve(g *globals, f *mountFlags, t mountTarget, pass passSource, report func(error)) (err error) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).
 		With("pid", os.Getpid())
+	lockProcessMemory(log) // before any key is read (memlock.go)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	defer func() {

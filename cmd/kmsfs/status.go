@@ -215,6 +215,11 @@ func printStatus(w io.Writer, r statusReport) {
 			k.CacheEntries, k.CacheCapacity, k.CacheLockedBytes, k.CacheHits, k.CacheMisses)
 		fmt.Fprintf(w, "dek pool: %d ready, target %d (at most %d); %d taken, %d waited for a refill, %d generated synchronously, %d refill errors\n",
 			k.PoolReady, k.PoolTarget, k.PoolSize, k.PoolTaken, k.PoolWaits, k.PoolSyncFallbacks, k.PoolRefillErrors)
+		if k.ProcessLocked {
+			fmt.Fprintf(w, "process memory: locked (mlockall)\n")
+		} else {
+			fmt.Fprintf(w, "process memory: not locked, only the dek cache and pool (run the mount as root or with an unlimited RLIMIT_MEMLOCK)\n")
+		}
 	}
 	if len(r.Keys) == 0 {
 		return
