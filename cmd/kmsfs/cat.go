@@ -1,7 +1,8 @@
 package main
 
 // cat.go: `kmsfs cat CIPHERDIR PATH`, one file decrypted to stdout without
-// FUSE, mounted or not. It and export share openCipherFile.
+// FUSE, mounted or not. It and export share openCipherFile, which opens
+// content as the mount does (cipherfile.OpenContent).
 
 import (
 	"bytes"
@@ -143,8 +144,7 @@ type plainFile struct {
 	hasID bool
 	f     *os.File
 	l     crypto.Layout
-	c     *crypto.ContentCipher // nil for an empty (0-byte) cipher file
-	cf    *cipherfile.File      // nil for an empty (0-byte) cipher file
+	cf    *cipherfile.File // nil for an empty (0-byte) cipher file
 }
 
 func (p *plainFile) Close() error { return p.f.Close() }
@@ -175,30 +175,24 @@ func openCipherFile(ctx context.Context, ks *keyStack, f *os.File, rel string) (
 	}
 	l := ks.conf.Layout()
 	p.l = l
-	pre, err := cipherfile.ReadPreamble(f)
+	cf, err := cipherfile.OpenContent(f, l, ks.keySource(ctx))
 	if err != nil {
 		f.Close()
-		return nil, fileError(rel, p.id, false, "not a readable cipher file: %v", unwrapCause(err))
+		var oe *cipherfile.OpenError
+		if !errors.As(err, &oe) {
+			return nil, fileError(rel, p.id, false, "not a readable cipher file: %v", unwrapCause(err))
+		}
+		pre := oe.Preamble
+		switch {
+		case oe.Key:
+			return nil, fileError(rel, pre.FileID, true, "cannot get its key: %v", keyOpenCause(oe.Err))
+		case errors.Is(err, crypto.ErrLayoutMismatch):
+			return nil, fileError(rel, pre.FileID, true, "chunk/slot shift %d/%d differs from the filesystem's %d/%d",
+				pre.ChunkShift, pre.SlotShift, l.ChunkShift, l.SlotShift)
+		}
+		return nil, fileError(rel, pre.FileID, true, "%v", err)
 	}
-	p.id, p.hasID = pre.FileID, true
-	if pre.Layout() != l {
-		f.Close()
-		return nil, fileError(rel, p.id, true, "chunk/slot shift %d/%d differs from the filesystem's %d/%d",
-			pre.ChunkShift, pre.SlotShift, l.ChunkShift, l.SlotShift)
-	}
-	c, err := ks.mgr.OpenFile(ctx, p.id, func() (crypto.Header, error) {
-		h, _, err := cipherfile.ReadHeader(f, l)
-		return h, err
-	})
-	if err != nil {
-		f.Close()
-		return nil, fileError(rel, p.id, true, "cannot get its key: %v", keyOpenCause(err))
-	}
-	p.c = c
-	if p.cf, err = cipherfile.New(f, c); err != nil {
-		f.Close()
-		return nil, fileError(rel, p.id, true, "%v", err)
-	}
+	p.id, p.hasID, p.cf = cf.FileID(), true, cf
 	return p, nil
 }
 
@@ -332,11 +326,14 @@ func (p *plainFile) nextData(plainOff, plainLast int64) int64 {
 // sealed under the file's key, docs/format.md "Extended attributes"). A
 // value that fails authentication is named in bad, not returned.
 func (p *plainFile) xattrs() (values map[string][]byte, bad []string, err error) {
-	if p.c == nil {
+	if p.cf == nil {
 		return nil, nil, nil
 	}
 	fd := int(p.f.Fd())
-	names, err := listXattrs(fd)
+	names, err := cipherdir.ListXattrFd(fd)
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil, nil, nil
+	}
 	if err != nil {
 		return nil, nil, fileError(p.rel, p.id, p.hasID, "list extended attributes: %v", err)
 	}
@@ -344,11 +341,11 @@ func (p *plainFile) xattrs() (values map[string][]byte, bad []string, err error)
 		if !strings.HasPrefix(name, "user.") {
 			continue
 		}
-		sealed, err := getXattr(fd, name)
+		sealed, err := cipherdir.GetXattrFd(fd, name)
 		if err != nil {
 			return nil, nil, fileError(p.rel, p.id, p.hasID, "read extended attribute %s: %v", name, err)
 		}
-		v, err := p.c.OpenXattr(name, sealed)
+		v, err := p.cf.Cipher().OpenXattr(name, sealed)
 		if err != nil {
 			bad = append(bad, name)
 			continue
@@ -359,49 +356,4 @@ func (p *plainFile) xattrs() (values map[string][]byte, bad []string, err error)
 		values[name] = v
 	}
 	return values, bad, nil
-}
-
-func listXattrs(fd int) ([]string, error) {
-	for {
-		sz, err := unix.Flistxattr(fd, nil)
-		if errors.Is(err, unix.ENOTSUP) {
-			return nil, nil
-		}
-		if err != nil || sz == 0 {
-			return nil, err
-		}
-		buf := make([]byte, sz)
-		n, err := unix.Flistxattr(fd, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue // grew in between
-		}
-		if err != nil {
-			return nil, err
-		}
-		var names []string
-		for _, b := range bytes.Split(buf[:n], []byte{0}) {
-			if len(b) > 0 {
-				names = append(names, string(b))
-			}
-		}
-		return names, nil
-	}
-}
-
-func getXattr(fd int, name string) ([]byte, error) {
-	for {
-		sz, err := unix.Fgetxattr(fd, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, sz)
-		n, err := unix.Fgetxattr(fd, name, buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
 }

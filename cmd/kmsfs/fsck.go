@@ -19,7 +19,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -99,7 +98,7 @@ type fsckRun struct {
 	ix       *keymgr.Index
 	findings []finding
 	seen     map[crypto.FileID]string // file ID -> first cipher path
-	inodes   map[[2]uint64]bool
+	inodes   cipherdir.InodeSet       // hard links: a file is checked once
 	files    int
 	notes    []string
 
@@ -128,7 +127,7 @@ func runFsck(ctx context.Context, g *globals, arg string, repair bool, out, errw
 		return err
 	}
 	r := &fsckRun{dir: dir, layout: conf.Layout(), repair: repair, encrypted: conf.EncryptedNames(),
-		seen: map[crypto.FileID]string{}, inodes: map[[2]uint64]bool{}, plainDirs: map[string]string{".": ""}}
+		seen: map[crypto.FileID]string{}, plainDirs: map[string]string{".": ""}}
 	if rec, err := checkTrust(g, dir, conf); err == nil {
 		r.trusted = rec.Keys
 	} else {
@@ -283,17 +282,9 @@ func joinPlain(dir, name string) string {
 	return dir + "/" + name
 }
 
-func sameHeader(a, b crypto.Header) bool {
-	if a.FileID != b.FileID || a.Generation != b.Generation || len(a.Keys) != len(b.Keys) {
-		return false
-	}
-	for i := range a.Keys {
-		if a.Keys[i].KeyARN != b.Keys[i].KeyARN || a.Keys[i].KeyVersion != b.Keys[i].KeyVersion || !bytes.Equal(a.Keys[i].EDK, b.Keys[i].EDK) {
-			return false
-		}
-	}
-	return true
-}
+// sameHeader is crypto.Header.Equal, kept for index.go's rebuild until it
+// calls Equal itself; fsck does.
+func sameHeader(a, b crypto.Header) bool { return a.Equal(b) }
 
 // checkFile checks the cipher file entry of dirfd; rel names it in
 // findings.
@@ -318,12 +309,8 @@ func (r *fsckRun) checkFile(dirfd int, entry, rel string) {
 		r.add(finding{rel: rel, id: "-", problem: fmt.Sprintf("cannot stat: %v", err)})
 		return
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		key := [2]uint64{uint64(st.Dev), st.Ino}
-		if r.inodes[key] {
-			return // another hard link of a file already checked
-		}
-		r.inodes[key] = true
+	if !r.inodes.Add(fi) {
+		return // another hard link of a file already checked
 	}
 	// A 0-byte file is an empty file without a header yet (a create cut
 	// short by a crash, or mknod): the mount reads it as empty and gives
@@ -332,16 +319,17 @@ func (r *fsckRun) checkFile(dirfd int, entry, rel string) {
 		return
 	}
 
-	p, err := cipherfile.ReadPreamble(f)
-	if err != nil {
+	hd, err := cipherfile.ReadHead(f, r.layout)
+	if err != nil && !errors.Is(err, crypto.ErrLayoutMismatch) && !errors.Is(err, crypto.ErrNoValidHeader) {
 		r.add(finding{rel: rel, id: "-", problem: fmt.Sprintf("invalid preamble: %v", unwrapCause(err))})
 		return
 	}
+	p := hd.Preamble
 	id := p.FileID
 	ids := id.String()
-	if got := p.Layout(); got != r.layout {
+	if errors.Is(err, crypto.ErrLayoutMismatch) {
 		r.add(finding{rel: rel, id: ids, problem: fmt.Sprintf("layout chunk/slot shift %d/%d differs from the filesystem's %d/%d",
-			got.ChunkShift, got.SlotShift, r.layout.ChunkShift, r.layout.SlotShift)})
+			p.ChunkShift, p.SlotShift, r.layout.ChunkShift, r.layout.SlotShift)})
 		return
 	}
 	if first, dup := r.seen[id]; dup {
@@ -354,23 +342,12 @@ func (r *fsckRun) checkFile(dirfd int, entry, rel string) {
 	}
 
 	// Both slots, each on its own.
-	head := make([]byte, r.layout.ContentOffset())
-	n, err := f.ReadAt(head, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		r.add(finding{rel: rel, id: ids, problem: fmt.Sprintf("cannot read header slots: %v", err)})
-		return
-	}
-	clear(head[n:])
-	var slotH [2]crypto.Header
-	var slotErr [2]error
-	for i := range 2 {
-		slotH[i], slotErr[i] = crypto.DecodeSlot(head[r.layout.SlotOffset(i):r.layout.SlotOffset(i)+r.layout.SlotSize()], id)
-	}
-	h, cur, err := crypto.PickSlot(head[r.layout.SlotOffset(0):r.layout.SlotOffset(1)], head[r.layout.SlotOffset(1):r.layout.ContentOffset()], id)
+	slotErr := [2]error{hd.Slots[0].Err, hd.Slots[1].Err}
 	if err != nil {
 		r.noValidHeader(f, rel, id, slotErr)
 		return
 	}
+	h, cur := hd.Header, hd.Current
 	other := 1 - cur
 	if oerr := slotErr[other]; oerr != nil && !errors.Is(oerr, crypto.ErrEmptySlot) {
 		fd := finding{rel: rel, id: ids, problem: fmt.Sprintf("header slot %d is torn or invalid (%v); slot %d is valid", other, unwrapCause(oerr), cur), fixable: true}
@@ -450,7 +427,7 @@ func (r *fsckRun) checkIndexEntry(rel string, h crypto.Header) {
 	ih, err := r.ix.Get(h.FileID)
 	var fd finding
 	switch {
-	case err == nil && sameHeader(ih, h):
+	case err == nil && ih.Equal(h):
 		return
 	case err == nil:
 		fd = finding{rel: rel, id: ids, problem: fmt.Sprintf("index entry differs from the header mirror (index generation %d, file generation %d)", ih.Generation, h.Generation)}

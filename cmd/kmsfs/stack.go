@@ -24,6 +24,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherdir"
+	"github.com/kmsfs/kmsfs/fs/cipherfile"
 	"github.com/kmsfs/kmsfs/keymgr"
 )
 
@@ -146,6 +147,14 @@ func (s *keyStack) Close() error {
 		errs = append(errs, s.prov.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// keySource is the Manager's OpenFile as cipherfile.OpenContent asks for
+// keys.
+func (s *keyStack) keySource(ctx context.Context) cipherfile.KeySource {
+	return func(id crypto.FileID, header func() (crypto.Header, error)) (*crypto.ContentCipher, error) {
+		return s.mgr.OpenFile(ctx, id, header)
+	}
 }
 
 // nameCipher returns the filesystem's name cipher, or nil, nil with

@@ -154,7 +154,7 @@ func runVerify(ctx context.Context, g *globals, dirArg, pathArg string, jobs int
 			}
 		}()
 	}
-	seen := map[[2]uint64]bool{}
+	var seen cipherdir.InodeSet // hard links: a file is verified once
 	submit := func(dirfd int, entry, rel string) {
 		fd, err := cipherdir.OpenAt(dirfd, entry, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 		if err != nil {
@@ -163,13 +163,9 @@ func runVerify(ctx context.Context, g *globals, dirArg, pathArg string, jobs int
 			return
 		}
 		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err == nil {
-			k := [2]uint64{uint64(st.Dev), st.Ino}
-			if seen[k] {
-				unix.Close(fd) // another hard link of a file already listed
-				return
-			}
-			seen[k] = true
+		if err := unix.Fstat(fd, &st); err == nil && !seen.AddInode(cipherdir.Inode{Dev: st.Dev, Ino: st.Ino}) {
+			unix.Close(fd) // another hard link of a file already listed
+			return
 		}
 		files++
 		work <- verifyJob{f: os.NewFile(uintptr(fd), rel), rel: rel}
@@ -248,55 +244,51 @@ func verifyFile(ctx context.Context, ks *keyStack, j verifyJob, buf []byte) (r v
 	if fi.Size() == 0 {
 		return r // created and never written: an empty file with no header yet
 	}
-	head := make([]byte, l.ContentOffset())
-	n, err := f.ReadAt(head, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		problem("cannot read its header: %v", err)
-		return r
-	}
-	clear(head[n:])
-	pre, err := crypto.ParsePreamble(head[:min(n, crypto.PreambleSize)])
-	if err != nil {
+	hd, err := cipherfile.ReadHead(f, l)
+	switch {
+	case err == nil, errors.Is(err, crypto.ErrNoValidHeader), errors.Is(err, crypto.ErrLayoutMismatch):
+		r.id, r.hasID = hd.Preamble.FileID, true
+	case isPreambleError(err):
 		problem("invalid preamble (%v): not a readable cipher file", unwrapCause(err))
 		return r
+	default:
+		problem("cannot read its header: %v", errors.Unwrap(err))
+		return r
 	}
-	r.id, r.hasID = pre.FileID, true
-	if pre.Layout() != l {
+	slot := hd.Slots
+	switch {
+	case errors.Is(err, crypto.ErrLayoutMismatch):
+		pre := hd.Preamble
 		problem("header: chunk/slot shift %d/%d differs from the filesystem's %d/%d (preamble damaged?)",
 			pre.ChunkShift, pre.SlotShift, l.ChunkShift, l.SlotShift)
 		return r
-	}
-	var slotErr [2]error
-	for i := range 2 {
-		_, slotErr[i] = crypto.DecodeSlot(head[l.SlotOffset(i):l.SlotOffset(i)+l.SlotSize()], pre.FileID)
-	}
-	h, cur, err := crypto.PickSlot(head[l.SlotOffset(0):l.SlotOffset(1)], head[l.SlotOffset(1):l.ContentOffset()], pre.FileID)
-	if err != nil {
+	case err != nil:
 		problem("header: no valid header slot (slot 0: %v; slot 1: %v): kmsfs fsck --repair restores it if the index has it",
-			unwrapCause(slotErr[0]), unwrapCause(slotErr[1]))
+			unwrapCause(slot[0].Err), unwrapCause(slot[1].Err))
 		return r
 	}
-	if other := 1 - cur; slotErr[other] != nil && !errors.Is(slotErr[other], crypto.ErrEmptySlot) {
-		problem("header: slot %d is damaged (%v); slot %d is valid: kmsfs fsck --repair rewrites it", other, unwrapCause(slotErr[other]), cur)
+	if cur, other := hd.Current, 1-hd.Current; slot[other].Err != nil && !errors.Is(slot[other].Err, crypto.ErrEmptySlot) {
+		problem("header: slot %d is damaged (%v); slot %d is valid: kmsfs fsck --repair rewrites it", other, unwrapCause(slot[other].Err), cur)
 	}
-	c, err := ks.mgr.OpenFile(ctx, pre.FileID, func() (crypto.Header, error) { return h, nil })
-	if err != nil {
-		problem("cannot get its key: %v", keyOpenCause(err))
+	cf, err := cipherfile.OpenContent(f, l, ks.keySource(ctx))
+	var oe *cipherfile.OpenError
+	switch {
+	case errors.As(err, &oe) && oe.Key:
+		problem("cannot get its key: %v", keyOpenCause(oe.Err))
 		return r
-	}
-	cf, err := cipherfile.New(f, c)
-	if err != nil {
+	case err != nil:
 		problem("%v", err)
 		return r
 	}
-	if names, err := listXattrs(int(f.Fd())); err == nil {
+	fd := int(f.Fd())
+	if names, err := cipherdir.ListXattrFd(fd); err == nil {
 		for _, name := range names {
 			if !strings.HasPrefix(name, "user.") {
 				continue
 			}
-			sealed, err := getXattr(int(f.Fd()), name)
+			sealed, err := cipherdir.GetXattrFd(fd, name)
 			if err == nil {
-				_, err = c.OpenXattr(name, sealed)
+				_, err = cf.Cipher().OpenXattr(name, sealed)
 			}
 			if err != nil {
 				problem("extended attribute %s fails authentication (%v)", name, err)
@@ -312,6 +304,12 @@ func verifyFile(ctx context.Context, ks *keyStack, j verifyJob, buf []byte) (r v
 		problem("read failed after chunk %d: %v", chunks, err)
 	}
 	return r
+}
+
+// isPreambleError reports whether err is a preamble that does not parse
+// (rather than one that does not read).
+func isPreambleError(err error) bool {
+	return errors.Is(err, crypto.ErrNotCipherFile) || errors.Is(err, crypto.ErrUnsupportedVersion) || errors.Is(err, crypto.ErrBadPreamble)
 }
 
 // authenticateChunks reads the whole content, batch by batch; a chunk that
