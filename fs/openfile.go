@@ -291,8 +291,13 @@ func (r *root) initOpenFile(ctx context.Context, of *openFile, write bool, ciphe
 		return r.keys.OpenFile(keyContext(ctx), id, header)
 	})
 	var oe *cipherfile.OpenError
-	if errors.As(err, &oe) && oe.Key {
+	switch {
+	case errors.As(err, &oe) && oe.Key:
 		r.log.Warn("cannot open file key", "op", "open", "inode", of.key.ino, "file_id", oe.Preamble.FileID.String(), "err", oe.Err.Error())
+	case err != nil && ctx.Err() == nil:
+		// A head that does not parse (bad magic, version, layout or
+		// file ID): the open fails with EIO and the log names the file.
+		r.log.Warn("cipher file does not open", "op", "open", "inode", of.key.ino, "err", err.Error())
 	}
 	if err != nil {
 		return fmt.Errorf("inode %d: %w", of.key.ino, err)

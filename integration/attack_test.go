@@ -175,7 +175,7 @@ func testAttacks(t *testing.T, k nameKind) {
 	f.initKind(k, "--chunk-size", fmt.Sprint(atkChunk))
 	// Tampered chunks, headers and index entries are logged at warning
 	// level by design.
-	f.allowLog = regexp.MustCompile(`chunk failed authentication|cannot open file key|unexpected error`)
+	f.allowLog = regexp.MustCompile(`chunk failed authentication|cannot open file key|cipher file does not open|unexpected error`)
 	a := &atkEnv{t: t, f: f, content: map[string][]byte{}, older: map[string][]byte{}, oldCopy: map[string][]byte{}, paths: map[string]string{}}
 
 	flip := func(off func(a *atkEnv, n string) int64) func(a *atkEnv, names []string) {

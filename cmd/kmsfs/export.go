@@ -152,6 +152,12 @@ func runExport(ctx context.Context, g *globals, dirArg, pathArg, destArg string,
 		err = o.tree.Walk(start, func(e cipherdir.WalkEntry) error {
 			it := exportItem{rel: plainLabel(e.Plain), dst: filepath.Join(dest, filepath.FromSlash(subOf(e)))}
 			if err := unix.Fstatat(e.Dir, e.Entry, &it.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					// Gone since the listing (a writer of the cipher
+					// directory at work): the export pass reports it and
+					// the rest is exported.
+					return nil
+				}
 				return fmt.Errorf("%s: %w", it.rel, err)
 			}
 			items = append(items, it)
@@ -351,11 +357,25 @@ func (r *exportRun) finishDirs(depth int) {
 		if err := r.setMetaFd(d.fd, &d.it); err != nil {
 			r.report(d.it.rel, err)
 		}
+		if err := syncDirFd(d.fd); err != nil {
+			r.report(d.it.rel, fmt.Errorf("%s: fsync the directory: %w", d.it.dst, err))
+		}
 		unix.Close(d.fd)
 		if d.sub == "" {
 			r.rootfd = -1
 		}
 	}
+}
+
+// syncDirFd fsyncs the directory dirfd names (which may be an O_PATH
+// handle) through a readable handle of it.
+func syncDirFd(dirfd int) error {
+	fd, err := unix.Openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return unix.Fsync(fd)
 }
 
 // closeDirs closes what is left open after an error, setting nothing.
@@ -493,6 +513,11 @@ func (r *exportRun) exportFile(ctx context.Context, dirfd int, entry string, par
 	}
 	defer pf.Close()
 	opts := []atomicfile.Option{atomicfile.TempPrefix(exportTempPrefix)}
+	if len(r.stack) > 0 {
+		// A tree: its directories are fsynced once each, when finished
+		// (finishDirs), not once per file.
+		opts = append(opts, atomicfile.CallerSyncsDir())
+	}
 	if !r.opts.force {
 		opts = append(opts, atomicfile.Exclusive())
 	}

@@ -282,10 +282,6 @@ func joinPlain(dir, name string) string {
 	return dir + "/" + name
 }
 
-// sameHeader is crypto.Header.Equal, kept for index.go's rebuild until it
-// calls Equal itself; fsck does.
-func sameHeader(a, b crypto.Header) bool { return a.Equal(b) }
-
 // checkFile checks the cipher file entry of dirfd; rel names it in
 // findings.
 func (r *fsckRun) checkFile(dirfd int, entry, rel string) {

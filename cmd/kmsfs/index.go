@@ -275,7 +275,7 @@ func healIndex(dir string, conf cipherdir.Config, ix *keymgr.Index, st *restoreS
 		seen[h.FileID] = true
 		ih, err := ix.Get(h.FileID)
 		switch {
-		case err == nil && sameHeader(ih, h):
+		case err == nil && ih.Equal(h):
 			st.same++
 			return nil
 		case err == nil:

@@ -3,7 +3,7 @@ package main
 // rewrap.go: `kmsfs rewrap`, which moves every file's wrapped key to the
 // current version of the filesystem's key, or (--to) to another key, with
 // the KMS's ReEncrypt. Unmounted, it opens the header index itself;
-// mounted, it asks the mount over its control socket (control.go), which
+// mounted, it asks the mount over its control socket (control_*.go), which
 // runs the same job with its own index and streams progress back. The
 // keys move in keymgr.Rewrap; the cipher-file I/O it needs is here
 // (rewrapOpener), over fs/cipherdir and fs/cipherfile.

@@ -129,7 +129,7 @@ func statusOf(arg string) (statusReport, error) {
 		}
 	} else if errors.Is(err, keymgr.ErrIndexLocked) {
 		r.Mounted = true
-		// The mount holds the index: ask it (control.go).
+		// The mount holds the index: ask it (control_client.go).
 		if ms, cerr := mountStatusOf(dir); cerr == nil {
 			err = nil
 			r.Source = "mount"

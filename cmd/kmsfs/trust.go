@@ -59,12 +59,19 @@ type trustRecord struct {
 	// Keys are every key trusted to unwrap the filesystem's keys: KeyARN,
 	// keys migrated from, and a rewrap --to target while it runs. A
 	// header naming any other key is refused without a KMS call.
-	Keys           []string `json:"keys"`
-	Keyring        string   `json:"keyring,omitempty"`
-	AWSRegion      string   `json:"aws_region,omitempty"`
-	AWSEndpoint    string   `json:"aws_endpoint,omitempty"`
-	AWSProfile     string   `json:"aws_profile,omitempty"`
-	EncryptedNames bool     `json:"encrypted_names"`
+	Keys []string `json:"keys"`
+	// MigratingTo is the target of a rewrap --to under way: kmsfs.conf
+	// may name it as key_arn as well as KeyARN, since the migration
+	// writes kmsfs.conf before it can finish this record (a run killed in
+	// between must not lock the user out). The first command that finds
+	// kmsfs.conf naming it makes it KeyARN. Only a key the user asked to
+	// migrate to is ever put here.
+	MigratingTo    string `json:"migrating_to,omitempty"`
+	Keyring        string `json:"keyring,omitempty"`
+	AWSRegion      string `json:"aws_region,omitempty"`
+	AWSEndpoint    string `json:"aws_endpoint,omitempty"`
+	AWSProfile     string `json:"aws_profile,omitempty"`
+	EncryptedNames bool   `json:"encrypted_names"`
 	// TrustedAt and CipherDir are for the reader of the file.
 	TrustedAt string `json:"trusted_at"`
 	CipherDir string `json:"cipher_dir,omitempty"`
@@ -195,7 +202,9 @@ func diffTrust(c cipherdir.Config, r trustRecord, keyringFlag bool) []trustDiff 
 		}
 	}
 	add("provider", c.Provider, r.Provider)
-	add("key_arn", c.KeyARN, r.KeyARN)
+	if r.MigratingTo == "" || c.KeyARN != r.MigratingTo {
+		add("key_arn", c.KeyARN, r.KeyARN)
+	}
 	if !keyringFlag {
 		add("keyring", c.Keyring, r.Keyring)
 	}
@@ -225,6 +234,13 @@ func checkTrust(g *globals, dir string, c cipherdir.Config) (trustRecord, error)
 		}
 		return r, fmt.Errorf("kmsfs.conf of %s differs from what you trust for filesystem %s (%s): %s: a writer of the cipher directory may have changed it; nothing was done. If you made the change yourself (on another machine), review it and accept it with: kmsfs trust %s",
 			dir, c.FilesystemID, trustPath(c.FilesystemID), strings.Join(parts, "; "), dir)
+	}
+	if r.MigratingTo != "" && c.KeyARN == r.MigratingTo {
+		// A migration finished kmsfs.conf but not the record: finish it.
+		if err := trustKey(c.FilesystemID, c.KeyARN, true); err != nil {
+			return r, err
+		}
+		r.KeyARN, r.MigratingTo = c.KeyARN, ""
 	}
 	return r, nil
 }
@@ -405,7 +421,9 @@ func trustKey(fsid, keyARN string, wrap bool) error {
 	}
 	r.Keys = append(r.Keys, keyARN)
 	if wrap {
-		r.KeyARN = keyARN
+		r.KeyARN, r.MigratingTo = keyARN, ""
+	} else if keyARN != r.KeyARN {
+		r.MigratingTo = keyARN
 	}
 	return saveTrust(r)
 }

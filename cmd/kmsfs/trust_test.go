@@ -107,8 +107,26 @@ func TestTrustRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	r, err := loadTrust(conf.FilesystemID)
-	if err != nil || len(r.Keys) != 2 || r.KeyARN != conf.KeyARN {
+	if err != nil || len(r.Keys) != 2 || r.KeyARN != conf.KeyARN || r.MigratingTo == "" {
 		t.Fatalf("after trusting a migration target: %+v %v", r, err)
+	}
+	// A migration killed after it wrote kmsfs.conf, before the record:
+	// the target is accepted and the record finished; any other key is not.
+	other := conf
+	other.KeyARN = "arn:aws:kms:eu-west-2:666:key/c"
+	if _, err := checkTrust(g, "/c", other); err == nil {
+		t.Fatal("a key that is neither the key nor the migration target was accepted")
+	}
+	migrated := conf
+	migrated.KeyARN = "arn:aws:kms:eu-west-2:111122223333:key/b"
+	if _, err := checkTrust(g, "/c", migrated); err != nil {
+		t.Fatalf("kmsfs.conf naming the migration target: %v", err)
+	}
+	if r, err := loadTrust(conf.FilesystemID); err != nil || r.KeyARN != migrated.KeyARN || r.MigratingTo != "" {
+		t.Fatalf("the record was not finished: %+v %v", r, err)
+	}
+	if _, err := checkTrust(g, "/c", conf); err == nil {
+		t.Fatal("after the migration, kmsfs.conf naming the old key was accepted")
 	}
 
 	// A record others may write, a symlinked one, or one naming another
@@ -132,8 +150,8 @@ func TestTrustRecord(t *testing.T) {
 		t.Error("a symlinked record was read")
 	}
 	os.Remove(path)
-	other := strings.Replace(string(b), conf.FilesystemID, "ffffffffffffffffffffffffffffffff", 1)
-	os.WriteFile(path, []byte(other), 0o600)
+	foreign := strings.Replace(string(b), conf.FilesystemID, "ffffffffffffffffffffffffffffffff", 1)
+	os.WriteFile(path, []byte(foreign), 0o600)
 	if _, err := loadTrust(conf.FilesystemID); err == nil {
 		t.Error("a record of another filesystem was accepted")
 	}

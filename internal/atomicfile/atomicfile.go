@@ -43,12 +43,18 @@ type options struct {
 	tempPrefix string
 	rand       io.Reader
 	sync       func(*os.File) error // fsync of the temporary file and of the directory
+	noDirSync  bool
 }
 
 // Exclusive creates the target only if no entry of that name exists (link,
 // not rename): otherwise Commit fails with an error that errors.Is
 // os.ErrExist, and the existing entry is left alone.
 func Exclusive() Option { return func(o *options) { o.exclusive = true } }
+
+// CallerSyncsDir leaves the fsync of the directory to the caller, who
+// writes many files into it and syncs it once after the last (export).
+// The file itself is still fsynced before it takes the name.
+func CallerSyncsDir() Option { return func(o *options) { o.noDirSync = true } }
 
 // TempPrefix names the temporary file prefix+random (default:
 // "."+name+".tmp-"), for callers whose leftovers others look for.
@@ -212,7 +218,10 @@ func (p *Pending) Commit() error {
 		return &os.LinkError{Op: "rename", Old: p.path(p.tmp), New: p.path(p.name), Err: err}
 	}
 	p.done = true
-	err := p.syncDir()
+	var err error
+	if !p.o.noDirSync {
+		err = p.syncDir()
+	}
 	if p.ownDir {
 		unix.Close(p.dirfd)
 	}

@@ -104,6 +104,14 @@ func TestWriteFileAtOPathHandle(t *testing.T) {
 	if want := []string{"file", "dir"}; !slices.Equal(synced, want) {
 		t.Errorf("fsyncs %q, want %q", synced, want)
 	}
+	// CallerSyncsDir: the file alone; the caller syncs the directory.
+	synced = nil
+	if err := WriteFileAt(dirfd, "conf2", []byte("y"), 0o644, rec, CallerSyncsDir()); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"file"}; !slices.Equal(synced, want) {
+		t.Errorf("fsyncs with CallerSyncsDir %q, want %q", synced, want)
+	}
 	// The handle is still the caller's.
 	var st unix.Stat_t
 	if err := unix.Fstat(dirfd, &st); err != nil {
