@@ -15,7 +15,6 @@ package cipherdir
 // from the headers these readers return.
 
 import (
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/kmsfs/kmsfs/crypto"
 	"github.com/kmsfs/kmsfs/fs/cipherfile"
+	"github.com/kmsfs/kmsfs/internal/atomicfile"
 )
 
 // namesKeyMode is the mode of both copies: nothing writes them but a
@@ -69,42 +69,21 @@ func WriteNamesKey(dir string, l crypto.Layout, h crypto.Header) error {
 	return nil
 }
 
-func writeNamesKeyCopy(dir, sub, name string, l crypto.Layout, h crypto.Header) (err error) {
+func writeNamesKeyCopy(dir, sub, name string, l crypto.Layout, h crypto.Header) error {
 	d, err := openNamesDir(dir, sub)
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	dfd := int(d.Fd())
-	tmp, tmpName, err := createTempAt(dfd, "."+name+".tmp-")
+	p, err := atomicfile.CreateAt(int(d.Fd()), name, namesKeyMode, atomicfile.TempPrefix("."+name+".tmp-"))
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			unix.Unlinkat(dfd, tmpName, 0)
-		}
-	}()
-	if err := cipherfile.Create(tmp, l, h); err != nil {
+	defer p.Abort()
+	if err := cipherfile.Create(p.File(), l, h); err != nil {
 		return err
 	}
-	if err := tmp.Chmod(namesKeyMode); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := unix.Renameat(dfd, tmpName, dfd, name); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", tmpName, name, err)
-	}
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", d.Name(), err)
-	}
-	return nil
+	return p.Commit()
 }
 
 // openNamesDir opens the directory of a copy O_RDONLY (so it can be
@@ -127,26 +106,6 @@ func openNamesDir(dir, sub string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), path), nil
 }
 
-// createTempAt creates a new file prefix+random in dirfd,
-// O_EXCL|O_NOFOLLOW, mode 0600 until it is complete.
-func createTempAt(dirfd int, prefix string) (*os.File, string, error) {
-	for range 10000 {
-		var b [8]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, "", err
-		}
-		name := fmt.Sprintf("%s%x", prefix, b)
-		fd, err := OpenAt(dirfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL, 0o600)
-		if err == unix.EEXIST {
-			continue
-		}
-		if err != nil {
-			return nil, "", fmt.Errorf("create %s: %w", name, err)
-		}
-		return os.NewFile(uintptr(fd), name), name, nil
-	}
-	return nil, "", fmt.Errorf("create a temporary file %s*: every name taken", prefix)
-}
 
 // NamesKeyReaders returns one header reader per copy of the names key
 // (NamesKeyPaths order), for keymgr's Manager.OpenNamesKey. A reader opens
