@@ -5,6 +5,11 @@
 // interface and must not talk to a KMS itself. It never hands the kernel a
 // backing fd (no passthrough): every byte read or written goes through the
 // content cipher.
+//
+// It reaches the cipher directory through fs/cipherdir and cipher files
+// through fs/cipherfile, and must not import keymgr (nor, through it, badger
+// or the AWS SDK): the key errors it maps to errnos come from the leaf
+// keymgr/kmserr.
 package fs
 
 import (
