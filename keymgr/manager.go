@@ -113,6 +113,9 @@ type unwrapCall struct {
 	done   chan struct{}
 	cipher *crypto.ContentCipher
 	err    error
+	// waiters counts the opens that joined this call (guarded by
+	// Manager.mu); tests wait on it instead of sleeping.
+	waiters int
 }
 
 // NewManager validates o and builds the DEK pool (its refill starts with
@@ -280,6 +283,7 @@ func (m *Manager) OpenFile(ctx context.Context, id crypto.FileID, readHeader fun
 		}
 		m.mu.Lock()
 		if call, ok := m.inflight[id]; ok {
+			call.waiters++
 			m.mu.Unlock()
 			select {
 			case <-ctx.Done():

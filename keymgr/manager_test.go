@@ -434,13 +434,14 @@ func TestManagerConcurrentOpenDecryptsOnce(t *testing.T) {
 		}()
 	}
 	<-e.kms.prov.decryptEntered
-	// Let the others reach the in-flight call (or the cache check).
-	waitFor(t, "the other opens to queue", func() bool {
+	// Every other open must have joined the one in-flight call before
+	// the KMS answers (none may arrive late and be served by the cache).
+	waitFor(t, "the other opens to join the in-flight unwrap", func() bool {
 		e.m.mu.Lock()
 		defer e.m.mu.Unlock()
-		return len(e.m.inflight) == 1
+		call := e.m.inflight[h.FileID]
+		return len(e.m.inflight) == 1 && call != nil && call.waiters == n-1
 	})
-	time.Sleep(20 * time.Millisecond)
 	close(e.kms.prov.decryptGate)
 	wg.Wait()
 	for i := range n {
