@@ -30,7 +30,9 @@ restored from a backup of the cipher directory: see docs/backup.md.
 
 With --decrypt, PATH is a cipher path (absolute under CIPHERDIR, or
 relative to it) and path prints the plain path it stores, relative to the
-mount root ("." for the root).
+mount root ("." for the root). An encrypted name may begin with "-": put
+"--" before the arguments (kmsfs path --decrypt -- CIPHERDIR PATH) so it is
+not read as a flag.
 
 With plaintext names both map a path to itself. Works whether or not
 CIPHERDIR is mounted; with encrypted names the names key is unwrapped

@@ -39,7 +39,7 @@ func TestPath(t *testing.T) {
 				t.Errorf("path %.20s: exit %d, %q, %q; want %q", plain, code, out, stderr, cipher)
 			}
 			for _, arg := range []string{cipher, rel(cipher)} {
-				if code, out, stderr := e.kmsfs("path", "--decrypt", e.dir, arg); code != 0 || out != plain+"\n" {
+				if code, out, stderr := e.kmsfs("path", "--decrypt", "--", e.dir, arg); code != 0 || out != plain+"\n" {
 					t.Errorf("path --decrypt %.40s: exit %d, %q, %q; want %q", arg, code, out, stderr, plain)
 				}
 			}
@@ -50,7 +50,7 @@ func TestPath(t *testing.T) {
 		if code != 0 || !strings.HasPrefix(out, filepath.Dir(e.cpath("docs/a.txt"))+"/") || !strings.Contains(stderr, "does not exist") {
 			t.Errorf("path of a missing file: exit %d, %q, %q", code, out, stderr)
 		}
-		if code, back, _ := e.kmsfs("path", "--decrypt", e.dir, strings.TrimSpace(out)); code != 0 || back != "docs/gone.txt\n" {
+		if code, back, _ := e.kmsfs("path", "--decrypt", "--", e.dir, strings.TrimSpace(out)); code != 0 || back != "docs/gone.txt\n" {
 			t.Errorf("path --decrypt of a missing file's cipher path: exit %d, %q", code, back)
 		}
 		if code, out, _ := e.kmsfs("path", e.dir, "."); code != 0 || out != e.dir+"\n" {
@@ -80,7 +80,7 @@ func TestPath(t *testing.T) {
 				args    []string
 				code    int
 				wantErr string
-			}{"not an encoded name", []string{"path", "--decrypt", e.dir, filepath.Join(rel(e.cpath("docs")), "garbage")}, exitFail, "was moved from another directory or damaged"})
+			}{"not an encoded name", []string{"path", "--decrypt", "--", e.dir, filepath.Join(rel(e.cpath("docs")), "garbage")}, exitFail, "was moved from another directory or damaged"})
 		}
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
@@ -133,7 +133,7 @@ func TestReadersUnreadableName(t *testing.T) {
 	if code, _, stderr := e.kmsfs("cat", e.dir, "a/x"); code != 1 || !strings.Contains(stderr, "no such file") {
 		t.Errorf("cat of the moved file: exit %d, %q", code, stderr)
 	}
-	if code, _, stderr := e.kmsfs("path", "--decrypt", e.dir, moved); code != 1 || !strings.Contains(stderr, "moved from another directory or damaged") {
+	if code, _, stderr := e.kmsfs("path", "--decrypt", "--", e.dir, moved); code != 1 || !strings.Contains(stderr, "moved from another directory or damaged") {
 		t.Errorf("path --decrypt of the moved entry: exit %d, %q", code, stderr)
 	}
 }
