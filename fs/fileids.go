@@ -26,9 +26,13 @@ type fileIDEntry struct {
 	id  crypto.FileID
 }
 
-// fileIDsMax bounds the map (about 64 bytes an entry): past it the map
-// starts over, and misses fall back to reading the file.
-const fileIDsMax = 1 << 16
+// fileIDsMax bounds the map (62 to 96 bytes an entry, so at most about
+// 24 MiB): past it an eighth of the entries, picked by map order, make
+// room, and misses fall back to reading the file. It was 1<<16 with the
+// map starting over when full: a mount that created 80,000 files then
+// missed on 65,000 of their unlinks, and rm -rf of the directory cost 16
+// times what 10,000 files did (docs/performance.md, session 5).
+const fileIDsMax = 1 << 18
 
 func (t *fileIDs) put(key fileKey, gen uint64, id crypto.FileID) {
 	if gen <= 1 { // no birth time on this filesystem: cannot tell reuse
@@ -36,8 +40,17 @@ func (t *fileIDs) put(key fileKey, gen uint64, id crypto.FileID) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.m == nil || len(t.m) >= fileIDsMax {
+	if t.m == nil {
 		t.m = make(map[fileKey]fileIDEntry)
+	}
+	if len(t.m) >= fileIDsMax {
+		n := 0
+		for k := range t.m {
+			delete(t.m, k)
+			if n++; n >= fileIDsMax/8 {
+				break
+			}
+		}
 	}
 	t.m[key] = fileIDEntry{gen: gen, id: id}
 }
