@@ -7,8 +7,10 @@ package fs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -194,6 +196,9 @@ func (n *node) createExisting(ctx context.Context, l loc, name string, flags uin
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	if n.r.ro {
 		return nil, nil, 0, syscall.EROFS
+	}
+	if !canLinkByFd() {
+		return nil, nil, 0, syscall.EOPNOTSUPP
 	}
 	d, err := n.r.dirOf(n)
 	if err != nil {
@@ -619,17 +624,37 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	return ch, errno
 }
 
-// linkFd gives the open, unnamed file fd the name entry in dirfd: by the
-// fd itself (AT_EMPTY_PATH, which Linux allows a process with
-// CAP_DAC_READ_SEARCH, as a root mount has), else through the fd's /proc
-// link, the one way an unprivileged process can link an O_TMPFILE file
-// (the link names the fd's inode, never anything in the cipher directory).
+// linkFd gives the open, unnamed file fd the name entry in dirfd, by the
+// fd itself (AT_EMPTY_PATH): never through a path.
 func linkFd(fd, dirfd int, entry string) error {
-	err := unix.Linkat(fd, "", dirfd, entry, unix.AT_EMPTY_PATH)
-	if err == unix.ENOENT || err == unix.EPERM {
-		err = unix.Linkat(unix.AT_FDCWD, cipherdir.ProcPath(fd), dirfd, entry, unix.AT_SYMLINK_FOLLOW)
+	return unix.Linkat(fd, "", dirfd, entry, unix.AT_EMPTY_PATH)
+}
+
+// canLinkByFd reports whether linkFd can work for this process: Linux
+// allows linkat(AT_EMPTY_PATH) with CAP_DAC_READ_SEARCH (a root mount),
+// and since 6.10 also for a file the caller opened itself with its own
+// credentials (every O_TMPFILE file the mount makes). Elsewhere Tmpfile
+// answers EOPNOTSUPP, as a filesystem without O_TMPFILE does, and
+// applications fall back to a named temporary file.
+var canLinkByFd = sync.OnceValue(func() bool {
+	if runsAsRoot {
+		return true
 	}
-	return err
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	return kernelAtLeast(unix.ByteSliceToString(u.Release[:]), 6, 10)
+})
+
+// kernelAtLeast reports whether a kernel release string ("6.18.0-1-amd64")
+// is major.minor or later.
+func kernelAtLeast(release string, major, minor int) bool {
+	var ma, mi int
+	if _, err := fmt.Sscanf(release, "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

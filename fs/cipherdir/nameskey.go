@@ -106,7 +106,6 @@ func openNamesDir(dir, sub string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), path), nil
 }
 
-
 // NamesKeyReaders returns one header reader per copy of the names key
 // (NamesKeyPaths order), for keymgr's Manager.OpenNamesKey. A reader opens
 // its copy O_RDONLY|O_NOFOLLOW (a symlink at the copy or at .kmsfs, or
