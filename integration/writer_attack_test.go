@@ -161,6 +161,28 @@ func expectRefused(t *testing.T, f *fixture, field string) {
 	}
 }
 
+// confEdit is one rewrite of kmsfs.conf and the field its refusal names.
+type confEdit struct {
+	name, field string
+	edit        func(m map[string]any)
+}
+
+// runConfEdits applies each edit to the original kmsfs.conf (orig) in a
+// subtest and checks every writer command refuses it.
+func runConfEdits(t *testing.T, f *fixture, orig []byte, cases []confEdit) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if err := os.WriteFile(filepath.Join(f.cipher, "kmsfs.conf"), orig, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f := f.withT(t)
+			f.editConf(c.edit)
+			expectRefused(t, f, c.field)
+		})
+	}
+}
+
 // writeDoc mounts, writes doc, unmounts.
 func writeDoc(t *testing.T, f *fixture, content string) {
 	t.Helper()
@@ -185,10 +207,7 @@ func TestWriterRewritesConfigLocal(t *testing.T) {
 		if err := os.WriteFile(attackerKeyring, []byte(`{"format":"kmsfs-keyring/1","kdf":"argon2id","time":64,"memory":4194304}`), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		cases := []struct {
-			name, field string
-			edit        func(m map[string]any)
-		}{
+		cases := []confEdit{
 			{"key_arn", "key_arn", func(m map[string]any) {
 				m["key_arn"] = "arn:aws:kms:eu-west-2:666666666666:key/" + lkKeyB
 			}},
@@ -205,16 +224,7 @@ func TestWriterRewritesConfigLocal(t *testing.T) {
 				feats["name_encryption"] = !on
 			}},
 		}
-		for _, c := range cases {
-			t.Run(c.name, func(t *testing.T) {
-				if err := os.WriteFile(filepath.Join(f.cipher, "kmsfs.conf"), orig, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				f := f.withT(t)
-				f.editConf(c.edit)
-				expectRefused(t, f, c.field)
-			})
-		}
+		runConfEdits(t, f, orig, cases)
 		if n := len(attacker.calls()); n != 0 {
 			t.Errorf("the attacker's KMS got %d requests", n)
 		}
@@ -237,10 +247,7 @@ func TestWriterRewritesConfigAWS(t *testing.T) {
 	}
 	evil := startLocalKMS(t) // the attacker's KMS, answering for the same key ARNs
 	attacker := newKMSRecorder(t, evil.url)
-	cases := []struct {
-		name, field string
-		edit        func(m map[string]any)
-	}{
+	cases := []confEdit{
 		// The attacker's server, impersonating the filesystem's key ARN.
 		{"endpoint", "aws_endpoint", func(m map[string]any) { m["aws_endpoint"] = attacker.url }},
 		// A key of the attacker's own that anyone may use, on the real KMS.
@@ -255,16 +262,7 @@ func TestWriterRewritesConfigAWS(t *testing.T) {
 			delete(m, "aws_profile")
 		}},
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			if err := os.WriteFile(filepath.Join(f.cipher, "kmsfs.conf"), orig, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			f := f.withT(t)
-			f.editConf(c.edit)
-			expectRefused(t, f, c.field)
-		})
-	}
+	runConfEdits(t, f, orig, cases)
 	if n := len(attacker.calls()); n != 0 {
 		t.Errorf("the attacker's KMS got %d requests: %v", n, attacker.calls())
 	}
